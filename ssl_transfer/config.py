@@ -1,0 +1,399 @@
+"""Run configuration: nested dataclasses, loaded from YAML, validated, with dotted overrides.
+
+A config file mirrors :class:`RunConfig`::
+
+    seed: 0
+    data: {name: fashion_mnist, batch_size: 256}
+    source: {method: simclr, epochs: 2}
+    transfer: {loss: relaxed_contrastive, sigma: 1.0, epochs: 1}
+
+Every key is checked: an unknown key is named together with the closest valid one, a value
+of the wrong type or out of range is rejected with the allowed range, and contradictory
+options are reported. ``--set transfer.sigma=3`` style overrides go through the same checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from .errors import ConfigError
+
+# --------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    """Dataset, splits, views and loaders."""
+
+    name: Literal["fashion_mnist", "digits"] = "fashion_mnist"
+    #: Folder holding the dataset files; None searches $SSL_TRANSFER_DATA, then the
+    #: Debian package folder (/usr/share/datasets/fashion-mnist).
+    root: Optional[str] = None
+    #: Let torchvision download the dataset into ``root`` when it is missing (needs internet).
+    download: bool = False
+    #: Images of the official training split held out for every selection decision.
+    val_size: int = 5000
+    #: Seed of the train/val split; fixed independently of ``seed`` so all runs share it.
+    split_seed: int = 0
+    #: Use only this many training images for SSL training (None: all). Evaluation subsets below.
+    train_subset: Optional[int] = None
+    #: Images of the training split used to fit the linear probe and as the kNN bank (None: all).
+    eval_train_subset: Optional[int] = None
+    #: Images of the test split evaluated (None: all). Only for smoke runs.
+    test_subset: Optional[int] = None
+    batch_size: int = 256
+    eval_batch_size: int = 1024
+    num_workers: int = 1
+    #: Augmented views per image; views are stacked [view0 of all images; view1 of all; ...].
+    views: int = 2
+    #: Smallest crop area of RandomResizedCrop (lightly's SimCLRTransform ``min_scale``).
+    min_scale: float = 0.25
+    #: Colour-jitter probability and strength (brightness/contrast on grayscale images).
+    cj_prob: float = 0.8
+    cj_strength: float = 0.5
+    hf_prob: float = 0.5
+    random_gray_scale: float = 0.0
+    gaussian_blur: float = 0.0
+
+
+@dataclass
+class SourceConfig:
+    """Source stage: the SSL teacher."""
+
+    method: Literal["simclr"] = "simclr"
+    backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    #: ``imagenet``: 7x7/2 conv + max-pool (fast at 28x28); ``cifar``: 3x3/1 conv, no pool;
+    #: ``small``: 3x3/2 conv, no pool (between the two in cost).
+    stem: Literal["imagenet", "cifar", "small"] = "imagenet"
+    epochs: float = 1.0
+    optimizer: Literal["sgd", "lars", "adamw"] = "sgd"
+    lr: float = 0.06
+    #: Scale lr by batch_size / 256, as lightly's and SimCLR's recipes do.
+    lr_scale_with_batch: bool = True
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    #: Fraction of training steps of linear warm-up before the cosine decay.
+    warmup_fraction: float = 0.05
+    temperature: float = 0.5
+    proj_hidden_dim: int = 512
+    proj_out_dim: int = 128
+
+
+@dataclass
+class TransferConfig:
+    """Transfer stage: a student trained by a relational loss on the frozen teacher."""
+
+    loss: Literal["relaxed_contrastive"] = "relaxed_contrastive"
+    sigma: float = 1.0
+    delta: float = 1.0
+    epochs: float = 1.0
+    #: Teacher output transferred: backbone feature or SimCLR projection output.
+    teacher_output: Literal["backbone", "projection"] = "backbone"
+    #: What the teacher embeds: the same augmented views as the student (``augmented``)
+    #: or the un-augmented image (``clean``; embeddings are computed once and cached).
+    teacher_views: Literal["augmented", "clean"] = "augmented"
+    #: Student initialisation: random (``scratch``) or a copy of the teacher (``teacher``).
+    student_init: Literal["scratch", "teacher"] = "scratch"
+    #: Student backbone; None copies the teacher's architecture (self-transfer).
+    student_backbone: Optional[Literal["resnet18", "resnet34", "resnet50"]] = None
+    student_stem: Optional[Literal["imagenet", "cifar", "small"]] = None
+    #: Embedding head on the student backbone: none, linear, or a 2-layer MLP.
+    student_head: Literal["none", "linear", "mlp"] = "linear"
+    #: Student embedding dimension (ignored for ``student_head: none``).
+    embed_dim: int = 512
+    optimizer: Literal["sgd", "lars", "adamw"] = "adamw"
+    lr: float = 1e-3
+    lr_scale_with_batch: bool = False
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.05
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation of every model on frozen backbone features."""
+
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    #: Inverse regularisation strengths of the logistic-regression probe; the one with the
+    #: best validation accuracy is refitted and evaluated once on the test split.
+    linear_Cs: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
+    linear_max_iter: int = 200
+
+
+@dataclass
+class ControlsConfig:
+    """Controls reported next to the student."""
+
+    #: Train the teacher for the transfer stage's epochs with its own SSL loss.
+    teacher_continued: bool = True
+
+
+@dataclass
+class TrainerConfig:
+    """Options passed to lightning.Trainer, plus CPU threads."""
+
+    accelerator: str = "auto"
+    devices: Union[int, str] = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    #: torch.set_num_threads; None leaves PyTorch's default.
+    num_threads: Optional[int] = None
+    deterministic: bool = False
+    log_every_n_steps: int = 10
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class RunConfig:
+    """A whole run: source stage, transfer stage, controls and evaluation."""
+
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    source: SourceConfig = field(default_factory=SourceConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    controls: ControlsConfig = field(default_factory=ControlsConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------------------
+# Range checks (cause and fix in one line each)
+# --------------------------------------------------------------------------------------
+
+_POSITIVE = {
+    "source.epochs", "source.lr", "source.temperature", "transfer.sigma", "transfer.delta",
+    "transfer.epochs", "transfer.lr", "eval.knn_temperature",
+}
+_AT_LEAST_ONE = {
+    "data.eval_batch_size", "source.proj_hidden_dim", "source.proj_out_dim",
+    "transfer.embed_dim", "eval.knn_k", "eval.linear_max_iter", "trainer.log_every_n_steps",
+}
+_NON_NEGATIVE = {
+    "data.val_size", "data.num_workers", "source.weight_decay", "source.momentum",
+    "transfer.weight_decay", "transfer.momentum",
+}
+_UNIT_INTERVAL = {
+    "data.cj_prob", "data.hf_prob", "data.random_gray_scale", "data.gaussian_blur",
+    "source.warmup_fraction", "transfer.warmup_fraction", "data.cj_strength",
+}
+
+
+def _check_ranges(cfg: RunConfig) -> None:
+    flat = _flatten(cfg.to_dict())
+    for key in _POSITIVE:
+        if flat[key] <= 0:
+            raise ConfigError(f"{key} = {flat[key]} must be > 0; set a positive value")
+    for key in _AT_LEAST_ONE:
+        if flat[key] < 1:
+            raise ConfigError(f"{key} = {flat[key]} must be >= 1; set a positive integer")
+    for key in _NON_NEGATIVE:
+        if flat[key] < 0:
+            raise ConfigError(f"{key} = {flat[key]} must be >= 0")
+    for key in _UNIT_INTERVAL:
+        if not 0 <= flat[key] <= 1:
+            raise ConfigError(f"{key} = {flat[key]} must lie in [0, 1]")
+    if cfg.data.batch_size < 2:
+        raise ConfigError(
+            f"data.batch_size = {cfg.data.batch_size} is too small: pairwise losses need at "
+            "least 2 images per batch; set data.batch_size >= 2"
+        )
+    if cfg.data.views < 2:
+        raise ConfigError(
+            f"data.views = {cfg.data.views}: SimCLR and the transfer stage need at least 2 "
+            "views per image; set data.views >= 2"
+        )
+    if not 0 < cfg.data.min_scale <= 1:
+        raise ConfigError(f"data.min_scale = {cfg.data.min_scale} must lie in (0, 1]")
+    for key in ("train_subset", "eval_train_subset", "test_subset"):
+        value = getattr(cfg.data, key)
+        if value is not None and value < 2:
+            raise ConfigError(f"data.{key} = {value} must be >= 2 or null (use all images)")
+    if not cfg.eval.linear_Cs or any(c <= 0 for c in cfg.eval.linear_Cs):
+        raise ConfigError(
+            f"eval.linear_Cs = {cfg.eval.linear_Cs} must be a non-empty list of positive numbers"
+        )
+    if cfg.data.val_size < 1:
+        raise ConfigError(
+            "data.val_size = 0 leaves no validation split for selecting the probe's "
+            "regularisation; set data.val_size >= 1"
+        )
+    if (
+        cfg.transfer.student_init == "teacher"
+        and (cfg.transfer.student_backbone not in (None, cfg.source.backbone)
+             or cfg.transfer.student_stem not in (None, cfg.source.stem))
+    ):
+        raise ConfigError(
+            "transfer.student_init = teacher needs the student architecture to equal the "
+            "teacher's; set transfer.student_init: scratch or drop transfer.student_backbone/stem"
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Building dataclasses from plain dicts, with type checks
+# --------------------------------------------------------------------------------------
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return ``value`` converted to ``tp`` or raise ConfigError naming the key."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        close = difflib.get_close_matches(str(value), [str(a) for a in typing.get_args(tp)], 1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{key} = {value!r} is not valid; use {_type_name(tp)}{hint}")
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key} = {value!r} has the wrong type; use {_type_name(tp)}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} = {value!r} has the wrong type; use {_type_name(tp)}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key} = {value!r} has the wrong type; use {_type_name(tp)}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        where = prefix.rstrip(".") or "the config"
+        raise ConfigError(f"{where} must be a mapping of keys to values, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, 1, cutoff=0.5)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+            valid = "" if close else f"; valid keys: {', '.join(names)}"
+            raise ConfigError(f"unknown config key '{prefix}{key}'{hint}{valid}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value if value is not None else {}, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(value, tp, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    """Build and validate a :class:`RunConfig` from a nested dict (as read from YAML)."""
+    cfg = _build(RunConfig, data if data is not None else {}, "")
+    _check_ranges(cfg)
+    return cfg
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not key=value; write e.g. --set transfer.sigma=3")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r} has an empty key; write e.g. --set transfer.sigma=3")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set dotted keys (``a.b=value``, value parsed as YAML) in a nested dict, in place."""
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: '{part}' is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML mapping; missing files and parse errors become one-line ConfigErrors."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(
+            f"config file '{p}' does not exist; pass a YAML file such as configs/quickstart.yaml"
+        )
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise ConfigError(f"config file '{p}' does not parse{where}: {problem}; fix the YAML syntax") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{p}' must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | os.PathLike, overrides: Optional[list[str]] = None) -> RunConfig:
+    """Load a YAML config, apply dotted overrides, validate, and return a RunConfig."""
+    data = load_yaml(path)
+    apply_overrides(data, list(overrides or []))
+    return config_from_dict(data)

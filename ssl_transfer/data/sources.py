@@ -1,0 +1,179 @@
+"""Dataset sources: each returns raw arrays of the official train and test splits.
+
+``fashion_mnist`` reads the four gz IDX files of Fashion-MNIST. It looks, in order, in
+``data.root`` from the config, in ``$SSL_TRANSFER_DATA``, and in the folder of the Debian
+package ``dataset-fashion-mnist`` (/usr/share/datasets/fashion-mnist). Inside each of these it
+accepts the files directly or torchvision's layout (``FashionMNIST/raw/``). Download through
+torchvision happens only when ``data.download`` is true.
+
+``digits`` is scikit-learn's bundled 8x8 digits set (1797 images), split 80/20 with a fixed
+seed; it needs no install.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from ..errors import DataError
+from .idx import read_idx
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]
+
+
+@dataclass
+class RawDataset:
+    """Images as uint8 arrays of shape (n, H, W) or (n, H, W, C), labels as int64 (n,)."""
+
+    name: str
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    classes: list[str]
+    #: Per-channel mean and std of the training images in [0, 1], for normalisation.
+    mean: list[float]
+    std: list[float]
+    location: str
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.train_images.ndim == 3 else self.train_images.shape[-1]
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train_images.shape[1])
+
+
+def _find_file(folder: Path, stem: str) -> Optional[Path]:
+    for sub in ("", "FashionMNIST/raw", "raw"):
+        for suffix in (".gz", ""):
+            p = folder / sub / (stem + suffix)
+            if p.is_file():
+                return p
+    return None
+
+
+def fashion_mnist_candidates(root: Optional[str]) -> list[tuple[str, Path]]:
+    """Folders searched for Fashion-MNIST, in order, each with where it came from."""
+    out = []
+    if root:
+        out.append(("data.root", Path(root).expanduser()))
+    env = os.environ.get("SSL_TRANSFER_DATA")
+    if env:
+        out.append(("$SSL_TRANSFER_DATA", Path(env).expanduser()))
+    out.append(("Debian package dataset-fashion-mnist", DEBIAN_FASHION_MNIST))
+    return out
+
+
+def _stats(images: np.ndarray) -> tuple[list[float], list[float]]:
+    x = images.astype(np.float64) / 255.0
+    axes = tuple(range(x.ndim)) if x.ndim == 3 else tuple(range(x.ndim - 1))
+    mean = np.atleast_1d(x.mean(axis=axes))
+    std = np.atleast_1d(x.std(axis=axes))
+    return [float(m) for m in mean], [float(s) for s in std]
+
+
+def load_fashion_mnist(root: Optional[str] = None, download: bool = False) -> RawDataset:
+    candidates = fashion_mnist_candidates(root)
+    if download:
+        if not root:
+            raise DataError("data.download: true needs data.root, the folder to download into; set data.root")
+        try:
+            import torchvision
+
+            torchvision.datasets.FashionMNIST(root, train=True, download=True)
+            torchvision.datasets.FashionMNIST(root, train=False, download=True)
+        except Exception as e:  # network errors come in many types
+            raise DataError(
+                f"downloading Fashion-MNIST into '{root}' failed ({type(e).__name__}: {e}); "
+                "check the internet connection or install the Debian package dataset-fashion-mnist"
+            ) from None
+    for origin, folder in candidates:
+        files = {k: _find_file(folder, stem) for k, stem in FASHION_MNIST_FILES.items()}
+        found = [k for k, v in files.items() if v is not None]
+        if not found:
+            continue
+        if len(found) < len(files):
+            missing = [FASHION_MNIST_FILES[k] + ".gz" for k in files if files[k] is None]
+            raise DataError(
+                f"Fashion-MNIST in '{folder}' ({origin}) lacks {', '.join(missing)}; "
+                "copy all four IDX files there or re-install dataset-fashion-mnist"
+            )
+        arrays = {k: read_idx(p) for k, p in files.items()}
+        for split in ("train", "test"):
+            imgs, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+            if imgs.ndim != 3 or labels.ndim != 1 or len(imgs) != len(labels):
+                raise DataError(
+                    f"Fashion-MNIST {split} files in '{folder}' do not match: images "
+                    f"{imgs.shape}, labels {labels.shape}; re-download them"
+                )
+        mean, std = _stats(arrays["train_images"])
+        return RawDataset(
+            name="fashion_mnist",
+            train_images=arrays["train_images"],
+            train_labels=arrays["train_labels"].astype(np.int64),
+            test_images=arrays["test_images"],
+            test_labels=arrays["test_labels"].astype(np.int64),
+            classes=list(FASHION_MNIST_CLASSES),
+            mean=mean,
+            std=std,
+            location=str(folder),
+        )
+    searched = "; ".join(f"{origin}: {folder}" for origin, folder in candidates)
+    raise DataError(
+        f"Fashion-MNIST not found (searched {searched}); install it with "
+        "'sudo apt-get install dataset-fashion-mnist', or set data.root / $SSL_TRANSFER_DATA to a "
+        "folder with the four *-ubyte.gz files, or set data.download: true with data.root to "
+        "let torchvision download it"
+    )
+
+
+def load_digits_dataset(root: Optional[str] = None, download: bool = False) -> RawDataset:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    # pixel values 0..16 -> 0..255
+    images = np.clip(np.round(bunch.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+    labels = bunch.target.astype(np.int64)
+    perm = np.random.default_rng(0).permutation(len(images))
+    n_test = len(images) // 5
+    test_idx, train_idx = perm[:n_test], perm[n_test:]
+    mean, std = _stats(images[train_idx])
+    return RawDataset(
+        name="digits",
+        train_images=images[train_idx],
+        train_labels=labels[train_idx],
+        test_images=images[test_idx],
+        test_labels=labels[test_idx],
+        classes=[str(i) for i in range(10)],
+        mean=mean,
+        std=std,
+        location="sklearn.datasets.load_digits",
+    )
+
+
+SOURCES: dict[str, Callable[..., RawDataset]] = {
+    "fashion_mnist": load_fashion_mnist,
+    "digits": load_digits_dataset,
+}
+
+
+def load_raw(name: str, root: Optional[str] = None, download: bool = False) -> RawDataset:
+    if name not in SOURCES:
+        raise DataError(f"unknown dataset '{name}'; use one of {', '.join(SOURCES)}")
+    return SOURCES[name](root=root, download=download)

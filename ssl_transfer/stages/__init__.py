@@ -1,0 +1,1 @@
+"""Training stages (LightningModules): source (SimCLR) and transfer."""

@@ -1,0 +1,112 @@
+"""Transfer stage: a student trained by a relational loss against a frozen teacher."""
+
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..config import TransferConfig
+from ..losses import LOSSES
+from ..models import build_backbone, embedding_head, head_out_dim
+from .base import StageModule
+
+
+class FrozenTeacher(nn.Module):
+    """The teacher's embedding function, frozen: eval mode always, no parameter gradients.
+
+    ``output='backbone'`` returns backbone features; ``'projection'`` passes them through the
+    SSL projection head as well.
+    """
+
+    def __init__(self, backbone: nn.Module, projection_head: Optional[nn.Module] = None):
+        super().__init__()
+        self.backbone = copy.deepcopy(backbone)
+        self.projection_head = copy.deepcopy(projection_head) if projection_head is not None else None
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True):  # BatchNorm statistics stay fixed
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.backbone(x)
+        return self.projection_head(h) if self.projection_head is not None else h
+
+
+class Student(nn.Module):
+    """Student backbone + embedding head; ``forward`` returns backbone features (evaluated),
+    ``embed`` the head's output (trained by the transfer loss)."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def build_student(cfg: TransferConfig, teacher_backbone: nn.Module, teacher_spec, in_channels: int) -> Student:
+    arch = cfg.student_backbone or teacher_spec.arch
+    stem = cfg.student_stem or teacher_spec.stem
+    backbone, spec = build_backbone(arch, stem, in_channels)
+    if cfg.student_init == "teacher":
+        backbone.load_state_dict(teacher_backbone.state_dict())
+    head = embedding_head(cfg.student_head, spec.feat_dim, cfg.embed_dim)
+    student = Student(backbone, head)
+    student.spec = spec
+    student.embed_dim = head_out_dim(cfg.student_head, spec.feat_dim, cfg.embed_dim)
+    return student
+
+
+class TransferModule(StageModule):
+    """Trains ``student`` so that ``loss(student.embed(x), teacher(x))`` is minimised.
+
+    Views are stacked as [view0 of all images; view1 of all images; ...]. With
+    ``teacher_cache`` (n_train, d_t) given, the teacher embedding of the un-augmented image is
+    looked up by dataset index instead (``teacher_views: clean``); both views of an image then
+    share one teacher embedding, so w = 1 for them.
+    """
+
+    stage = "transfer"
+
+    def __init__(self, cfg: TransferConfig, student: Student, teacher: FrozenTeacher, batch_size: int,
+                 teacher_cache: Optional[torch.Tensor] = None):
+        super().__init__()
+        self.save_hyperparameters({"transfer": vars(cfg), "batch_size": batch_size})
+        self.opt_cfg = cfg
+        self.batch_size = batch_size
+        self.student = student
+        self.teacher = teacher
+        self.criterion = LOSSES[cfg.loss](sigma=cfg.sigma, delta=cfg.delta)
+        if teacher_cache is not None:
+            self.register_buffer("teacher_cache", teacher_cache.float(), persistent=False)
+        else:
+            self.teacher_cache = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.student(x)
+
+    def teacher_embeddings(self, x: torch.Tensor, index: torch.Tensor, views: int) -> torch.Tensor:
+        if self.teacher_cache is not None:
+            return self.teacher_cache[index].repeat(views, 1)
+        return self.teacher(x)
+
+    def training_step(self, batch, batch_idx):
+        views, _, index = batch
+        x = torch.cat(views)
+        t = self.teacher_embeddings(x, index, len(views))
+        self.check_finite(t, "teacher embedding")
+        s = self.student.embed(x)
+        loss = self.criterion(s, t)
+        self.check_finite(loss, f"{self.opt_cfg.loss} loss")
+        self.log_loss(loss, views[0].shape[0])
+        return loss
