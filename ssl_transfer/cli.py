@@ -25,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="override config keys, e.g. --set transfer.sigma=3 data.batch_size=128")
     r.add_argument("--out", help="output directory (default: runs/<config name>)")
     r.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    r.add_argument("--debug", action="store_true", help="show tracebacks")
+    r.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return p
 
 
@@ -34,10 +34,9 @@ def _run(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    from .pipeline import prepare_out_dir, run
+    from .pipeline import check_out_dir, run
 
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        prepare_out_dir(out, overwrite=False)  # raises the one-line error before any work
+    check_out_dir(out, args.overwrite)  # fail before loading data or training
     results = run(cfg, out, overwrite=args.overwrite)
     from .report import report_markdown
 

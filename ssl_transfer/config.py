@@ -21,7 +21,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Union
 
 import yaml
 
@@ -39,7 +39,7 @@ class DataConfig:
     name: Literal["fashion_mnist", "digits"] = "fashion_mnist"
     #: Folder holding the dataset files; None searches $SSL_TRANSFER_DATA, then the
     #: Debian package folder (/usr/share/datasets/fashion-mnist).
-    root: Optional[str] = None
+    root: str | None = None
     #: Let torchvision download the dataset into ``root`` when it is missing (needs internet).
     download: bool = False
     #: Images of the official training split held out for every selection decision.
@@ -47,11 +47,11 @@ class DataConfig:
     #: Seed of the train/val split; fixed independently of ``seed`` so all runs share it.
     split_seed: int = 0
     #: Use only this many training images for SSL training (None: all). Evaluation subsets below.
-    train_subset: Optional[int] = None
+    train_subset: int | None = None
     #: Images of the training split used to fit the linear probe and as the kNN bank (None: all).
-    eval_train_subset: Optional[int] = None
+    eval_train_subset: int | None = None
     #: Images of the test split evaluated (None: all). Only for smoke runs.
-    test_subset: Optional[int] = None
+    test_subset: int | None = None
     batch_size: int = 256
     eval_batch_size: int = 1024
     num_workers: int = 1
@@ -101,13 +101,16 @@ class TransferConfig:
     #: Teacher output transferred: backbone feature or SimCLR projection output.
     teacher_output: Literal["backbone", "projection"] = "backbone"
     #: What the teacher embeds: the same augmented views as the student (``augmented``)
-    #: or the un-augmented image (``clean``; embeddings are computed once and cached).
+    #: or the un-augmented image (``clean``), shared by all views of that image.
     teacher_views: Literal["augmented", "clean"] = "augmented"
+    #: With ``teacher_views: clean``, compute the teacher embeddings of all training images
+    #: once before training and look them up (pays off from about one epoch on).
+    teacher_cache: bool = False
     #: Student initialisation: random (``scratch``) or a copy of the teacher (``teacher``).
     student_init: Literal["scratch", "teacher"] = "scratch"
     #: Student backbone; None copies the teacher's architecture (self-transfer).
-    student_backbone: Optional[Literal["resnet18", "resnet34", "resnet50"]] = None
-    student_stem: Optional[Literal["imagenet", "cifar", "small"]] = None
+    student_backbone: Literal["resnet18", "resnet34", "resnet50"] | None = None
+    student_stem: Literal["imagenet", "cifar", "small"] | None = None
     #: Embedding head on the student backbone: none, linear, or a 2-layer MLP.
     student_head: Literal["none", "linear", "mlp"] = "linear"
     #: Student embedding dimension (ignored for ``student_head: none``).
@@ -128,8 +131,10 @@ class EvalConfig:
     knn_temperature: float = 0.1
     #: Inverse regularisation strengths of the logistic-regression probe; the one with the
     #: best validation accuracy is refitted and evaluated once on the test split.
-    linear_Cs: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
-    linear_max_iter: int = 200
+    linear_Cs: list[float] = field(default_factory=lambda: [0.1, 1.0, 10.0])
+    linear_max_iter: int = 100
+    #: Where features are extracted and the probe fitted: auto (CUDA when available), cpu, cuda.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 @dataclass
@@ -145,11 +150,11 @@ class TrainerConfig:
     """Options passed to lightning.Trainer, plus CPU threads."""
 
     accelerator: str = "auto"
-    devices: Union[int, str] = 1
+    devices: int | str = 1
     strategy: str = "auto"
     precision: str = "32-true"
     #: torch.set_num_threads; None leaves PyTorch's default.
-    num_threads: Optional[int] = None
+    num_threads: int | None = None
     deterministic: bool = False
     log_every_n_steps: int = 10
     enable_progress_bar: bool = True
@@ -232,6 +237,11 @@ def _check_ranges(cfg: RunConfig) -> None:
             "data.val_size = 0 leaves no validation split for selecting the probe's "
             "regularisation; set data.val_size >= 1"
         )
+    if cfg.transfer.teacher_cache and cfg.transfer.teacher_views != "clean":
+        raise ConfigError(
+            "transfer.teacher_cache needs transfer.teacher_views: clean (augmented views differ "
+            "at every step, so their teacher embeddings cannot be cached)"
+        )
     if (
         cfg.transfer.student_init == "teacher"
         and (cfg.transfer.student_backbone not in (None, cfg.source.backbone)
@@ -307,6 +317,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 5e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -392,7 +407,7 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
-def load_config(path: str | os.PathLike, overrides: Optional[list[str]] = None) -> RunConfig:
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> RunConfig:
     """Load a YAML config, apply dotted overrides, validate, and return a RunConfig."""
     data = load_yaml(path)
     apply_overrides(data, list(overrides or []))

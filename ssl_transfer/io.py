@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,7 +37,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def save_model(path: str | os.PathLike, backbone: nn.Module, spec: BackboneSpec,
-               extra: Optional[dict[str, Any]] = None) -> None:
+               extra: dict[str, Any] | None = None) -> None:
     """Save a backbone with the spec needed to rebuild it (architecture, stem, channels, dim)."""
     payload = {"format_version": FORMAT_VERSION, "spec": spec.to_dict(),
                "backbone": backbone.state_dict(), **(extra or {})}

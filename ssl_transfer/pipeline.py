@@ -22,10 +22,12 @@ import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import lightning as L
 import torch
+
+from linear_eval import extract_features, knn_accuracy, linear_probe
 
 from . import __version__
 from .config import RunConfig
@@ -34,22 +36,26 @@ from .errors import OutputExistsError
 from .io import atomic_write_text, save_model
 from .stages.base import steps_for
 from .stages.pretrain import SimCLRModule
-from .stages.transfer import FrozenTeacher, TransferModule, build_student
-from linear_eval import extract_features, knn_accuracy, linear_probe
+from .stages.transfer import FrozenTeacher, Student, TransferModule, build_student
 
 log = logging.getLogger("ssl_transfer")
 
 
-def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
-    """Refuse to reuse a non-empty directory unless ``overwrite``; then start it empty."""
+def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Raise (changing nothing) if ``out_dir`` is a file, or holds files and not ``overwrite``."""
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputExistsError(f"--out '{out_dir}' is a file, not a directory; choose another --out")
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise OutputExistsError(
+            f"output directory '{out_dir}' already exists and is not empty; pass --overwrite "
+            "to replace it or choose another --out"
+        )
+
+
+def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse to reuse a non-empty directory unless ``overwrite``; then start it empty."""
+    check_out_dir(out_dir, overwrite)
     if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise OutputExistsError(
-                f"output directory '{out_dir}' already exists and is not empty; pass --overwrite "
-                "to replace it or choose another --out"
-            )
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -92,16 +98,23 @@ def _device(module: torch.nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
+def eval_device(cfg: RunConfig) -> torch.device:
+    if cfg.eval.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
+    return torch.device(cfg.eval.device)
+
+
 def evaluate(model: torch.nn.Module, bundle: DataBundle, cfg: RunConfig) -> dict[str, Any]:
     """Linear probe and kNN on frozen backbone features. Selection uses val; test once, last."""
     start = time.perf_counter()
-    dev = _device(model)
+    dev = eval_device(cfg)
+    model.to(dev)
     feats = {split: extract_features(model, bundle.eval_loader(split), dev)
              for split in ("eval_train", "val", "test")}
     (tr_x, tr_y), (va_x, va_y), (te_x, te_y) = feats["eval_train"], feats["val"], feats["test"]
     e = cfg.eval
     probe = linear_probe(tr_x, tr_y, va_x, va_y, te_x, te_y, Cs=e.linear_Cs,
-                         max_iter=e.linear_max_iter, seed=cfg.seed)
+                         max_iter=e.linear_max_iter, seed=cfg.seed, device=dev)
     knn_val = knn_accuracy(tr_x, tr_y, va_x, va_y, k=e.knn_k, temperature=e.knn_temperature)
     knn_test = knn_accuracy(tr_x, tr_y, te_x, te_y, k=e.knn_k, temperature=e.knn_temperature)
     return {
@@ -121,7 +134,7 @@ def evaluate(model: torch.nn.Module, bundle: DataBundle, cfg: RunConfig) -> dict
 def teacher_cache(teacher: FrozenTeacher, bundle: DataBundle) -> torch.Tensor:
     """Teacher embeddings (n_train, d_t) of the un-augmented training images, in dataset order."""
     feats, _ = extract_features(teacher, bundle.eval_loader("train"), _device(teacher))
-    return feats
+    return feats.to(_device(teacher))
 
 
 def _versions() -> dict[str, str]:
@@ -137,8 +150,75 @@ def _versions() -> dict[str, str]:
     }
 
 
+def pretrain_teacher(cfg: RunConfig, bundle: DataBundle, out_dir: Path, loader=None) -> tuple[SimCLRModule, float]:
+    """Source stage: a SimCLR teacher trained for ``source.epochs``; saved as teacher.pt."""
+    loader = loader or bundle.train_loader(cfg.seed)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = SimCLRModule(cfg.source, bundle.channels, cfg.data.batch_size)
+    seconds = _fit(cfg, out_dir, "source", module, loader, cfg.source.epochs, cfg.seed)
+    module.cpu()
+    save_model(out_dir / "teacher.pt", module.backbone, module.spec,
+               extra={"projection_head": module.projection_head.state_dict(), "dataset": cfg.data.name,
+                      "mean": bundle.raw.mean, "std": bundle.raw.std, "image_size": bundle.image_size})
+    return module, seconds
+
+
+def load_teacher(cfg: RunConfig, path: str | os.PathLike, bundle: DataBundle) -> SimCLRModule:
+    """Rebuild a SimCLR teacher (backbone + projection head) from a run's teacher.pt."""
+    from .errors import CheckpointError
+    from .io import load_model
+
+    backbone, payload = load_model(path)
+    module = SimCLRModule(cfg.source, bundle.channels, cfg.data.batch_size)
+    if payload["spec"] != module.spec.to_dict():
+        raise CheckpointError(f"teacher '{path}' has backbone {payload['spec']} but the config asks for "
+                              f"{module.spec.to_dict()}; set source.backbone/stem to match")
+    module.backbone.load_state_dict(backbone.state_dict())
+    if "projection_head" in payload:
+        module.projection_head.load_state_dict(payload["projection_head"])
+    return module
+
+
+def continue_teacher(cfg: RunConfig, teacher: SimCLRModule, bundle: DataBundle, out_dir: Path,
+                     loader=None) -> tuple[SimCLRModule, float]:
+    """Control: a copy of the teacher trained ``transfer.epochs`` more with its own SSL loss."""
+    loader = loader or bundle.train_loader(cfg.seed)
+    module = copy.deepcopy(teacher)
+    module.stage = "teacher_continued"
+    seconds = _fit(cfg, out_dir, "teacher_continued", module, loader, cfg.transfer.epochs, cfg.seed + 1)
+    return module.cpu(), seconds
+
+
+def transfer_student(cfg: RunConfig, teacher: SimCLRModule, bundle: DataBundle, out_dir: Path,
+                     loader=None, name: str = "transfer") -> tuple[Student, dict[str, float]]:
+    """Transfer stage: a student trained by ``transfer.loss`` on the frozen teacher; saved as
+    ``student.pt`` (``<name>.pt`` for other names)."""
+    tc = cfg.transfer
+    needs_clean = tc.teacher_views == "clean" and not tc.teacher_cache
+    if loader is None or needs_clean:
+        loader = bundle.train_loader(cfg.seed, clean=needs_clean)
+    timings: dict[str, float] = {}
+    head = teacher.projection_head if tc.teacher_output == "projection" else None
+    frozen = FrozenTeacher(teacher.backbone, head)
+    cache = None
+    if tc.teacher_cache:
+        start = time.perf_counter()
+        cache = teacher_cache(frozen.to(eval_device(cfg)), bundle)
+        timings["teacher_cache"] = time.perf_counter() - start
+    L.seed_everything(cfg.seed + 2, workers=True, verbose=False)
+    student = build_student(tc, teacher.backbone, teacher.spec, bundle.channels)
+    module = TransferModule(tc, student, frozen, cfg.data.batch_size, teacher_cache=cache)
+    timings[name] = _fit(cfg, out_dir, name, module, loader, tc.epochs, cfg.seed + 2)
+    module.cpu()
+    save_model(out_dir / ("student.pt" if name == "transfer" else f"{name}.pt"), student.backbone,
+               student.spec, extra={"head": student.head.state_dict(), "embed_dim": student.embed_dim,
+                                    "dataset": cfg.data.name, "mean": bundle.raw.mean,
+                                    "std": bundle.raw.std, "image_size": bundle.image_size})
+    return student, timings
+
+
 def run(cfg: RunConfig, out_dir: str | os.PathLike, overwrite: bool = False,
-        bundle: Optional[DataBundle] = None) -> dict[str, Any]:
+        bundle: DataBundle | None = None) -> dict[str, Any]:
     """Run the whole pipeline into ``out_dir`` and return the results dict (also results.json)."""
     out_dir = Path(out_dir)
     total_start = time.perf_counter()
@@ -146,74 +226,53 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, overwrite: bool = False,
     bundle = bundle or DataBundle.from_config(cfg.data, cfg.seed)
     loader = bundle.train_loader(cfg.seed)
     prepare_out_dir(out_dir, overwrite)
-    if cfg.trainer.num_threads:
-        torch.set_num_threads(cfg.trainer.num_threads)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*`training_step` returned `None`.*")
+    setup_runtime(cfg)
     timings: dict[str, float] = {}
-    b = cfg.data.batch_size
 
-    # 1. source stage
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    teacher_module = SimCLRModule(cfg.source, bundle.channels, b)
-    timings["source"] = _fit(cfg, out_dir, "source", teacher_module, loader, cfg.source.epochs, cfg.seed)
-    teacher_module.cpu()
-    save_model(out_dir / "teacher.pt", teacher_module.backbone, teacher_module.spec,
-               extra={"projection_head": teacher_module.projection_head.state_dict(),
-                      "dataset": cfg.data.name, "mean": bundle.raw.mean, "std": bundle.raw.std,
-                      "image_size": bundle.image_size})
-
-    # 2. control: teacher continued with its own loss for the transfer stage's epochs
+    teacher, timings["source"] = pretrain_teacher(cfg, bundle, out_dir, loader)
     continued = None
     if cfg.controls.teacher_continued:
-        continued = copy.deepcopy(teacher_module)
-        continued.stage = "teacher_continued"
-        timings["teacher_continued"] = _fit(cfg, out_dir, "teacher_continued", continued, loader,
-                                            cfg.transfer.epochs, cfg.seed + 1)
-        continued.cpu()
+        continued, timings["teacher_continued"] = continue_teacher(cfg, teacher, bundle, out_dir, loader)
+    student, t = transfer_student(cfg, teacher, bundle, out_dir, loader)
+    timings.update(t)
 
-    # 3. transfer stage
-    tc = cfg.transfer
-    head = teacher_module.projection_head if tc.teacher_output == "projection" else None
-    teacher = FrozenTeacher(teacher_module.backbone, head)
-    cache = None
-    if tc.teacher_views == "clean":
-        start = time.perf_counter()
-        cache = teacher_cache(teacher, bundle)
-        timings["teacher_cache"] = time.perf_counter() - start
-    L.seed_everything(cfg.seed + 2, workers=True, verbose=False)
-    student = build_student(tc, teacher_module.backbone, teacher_module.spec, bundle.channels)
-    transfer_module = TransferModule(tc, student, teacher, b, teacher_cache=cache)
-    timings["transfer"] = _fit(cfg, out_dir, "transfer", transfer_module, loader, tc.epochs, cfg.seed + 2)
-    transfer_module.cpu()
-    save_model(out_dir / "student.pt", student.backbone, student.spec,
-               extra={"head": student.head.state_dict(), "embed_dim": student.embed_dim,
-                      "dataset": cfg.data.name, "mean": bundle.raw.mean, "std": bundle.raw.std,
-                      "image_size": bundle.image_size})
-
-    # 4. evaluation (test split once per model, after all selection on val)
-    results: dict[str, Any] = {"teacher": evaluate(teacher_module.backbone, bundle, cfg)}
-    results["student"] = evaluate(student.backbone, bundle, cfg)
-    results["controls"] = {}
+    # evaluation: every selection on val, the test split once per model, after training
+    results: dict[str, Any] = {"teacher": evaluate(teacher.backbone, bundle, cfg),
+                               "student": evaluate(student.backbone, bundle, cfg), "controls": {}}
     if continued is not None:
         results["controls"]["teacher_continued"] = evaluate(continued.backbone, bundle, cfg)
-    timings["eval"] = sum(results[m]["eval_s"] for m in ("teacher", "student")) + sum(
-        c["eval_s"] for c in results["controls"].values())
+    timings["eval"] = sum(m["eval_s"] for m in [results["teacher"], results["student"],
+                                                  *results["controls"].values()])
     timings["total"] = time.perf_counter() - total_start
-
-    results.update({
-        "config": cfg.to_dict(),
-        "timings_s": timings,
-        "data": {"name": cfg.data.name, "location": bundle.raw.location, "sizes": bundle.sizes(),
-                 "num_classes": bundle.num_classes},
-        "models": {"teacher": teacher_module.spec.to_dict(), "student": student.spec.to_dict(),
-                   "student_embed_dim": student.embed_dim},
-        "versions": _versions(),
-        "threads": torch.get_num_threads(),
-        "status": "completed",
-    })
+    results.update(run_metadata(cfg, bundle, teacher.spec, student))
+    results["timings_s"] = timings
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
     from .report import write_report
 
     write_report(results, out_dir)
     return results
+
+
+def setup_runtime(cfg: RunConfig) -> None:
+    """Threads, and quieter Lightning: no tips or accelerator banners, no known-benign warnings."""
+    # lightly imports pytorch_lightning, whose logger then serves lightning's rank_zero_info too
+    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning", "lightning_fabric"):
+        logging.getLogger(f"{name}.utilities.rank_zero").setLevel(logging.WARNING)
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(cfg.trainer.num_threads)
+    for message in (".*does not have many workers.*", ".*in eval mode at the start of training.*", ".*LeafSpec.*",
+                    ".*smaller than the logging interval.*", ".*litlogger.*"):
+        warnings.filterwarnings("ignore", message=message)
+
+
+def run_metadata(cfg: RunConfig, bundle: DataBundle, teacher_spec, student: Student) -> dict[str, Any]:
+    return {
+        "config": cfg.to_dict(),
+        "data": {"name": cfg.data.name, "location": bundle.raw.location, "sizes": bundle.sizes(),
+                 "num_classes": bundle.num_classes},
+        "models": {"teacher": teacher_spec.to_dict(), "student": student.spec.to_dict(),
+                   "student_embed_dim": student.embed_dim},
+        "versions": _versions(),
+        "threads": torch.get_num_threads(),
+        "status": "completed",
+    }

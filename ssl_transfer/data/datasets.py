@@ -1,20 +1,22 @@
 """Torch datasets over raw arrays, the train/val split, and the data bundle used by stages.
 
-Conventions: a training batch is ``(views, labels, indices)`` where ``views`` is a list of
-``data.views`` tensors of shape (b, C, H, W); stages stack them as
+Conventions: a training batch is a dict with ``views`` (a list of ``data.views`` tensors of
+shape (b, C, H, W)), ``label`` (b,), ``index`` (b,) (position in the training split) and,
+when asked for, ``clean`` (b, C, H, W), the un-augmented image. Stages stack the views as
 ``torch.cat(views)`` = [view0 of all images; view1 of all images; ...]. Evaluation uses the
 un-augmented, normalised images, precomputed once as a tensor.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torchvision import transforms as T
 
 from ..config import DataConfig
 from ..errors import DataError
@@ -23,20 +25,29 @@ from .views import multi_view_transform
 
 
 class ArrayDataset(Dataset):
-    """uint8 images (n, H, W[, C]) + labels, returned as ``(transform(PIL image), label, index)``."""
+    """uint8 images (n, H, W[, C]) + labels as dicts ``{views, label, index[, clean]}``.
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable):
+    ``transform`` maps a PIL image to a list of view tensors; ``clean`` (optional) maps it to
+    the un-augmented tensor.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable,
+                 clean: Callable | None = None):
         self.images = images
         self.labels = labels
         self.transform = transform
+        self.clean = clean
         self.mode = "L" if images.ndim == 3 else "RGB"
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> dict:
         img = Image.fromarray(self.images[i], mode=self.mode)
-        return self.transform(img), int(self.labels[i]), i
+        item = {"views": self.transform(img), "label": int(self.labels[i]), "index": i}
+        if self.clean is not None:
+            item["clean"] = self.clean(img)
+        return item
 
 
 def split_train_val(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -50,7 +61,7 @@ def split_train_val(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.nd
     return np.sort(perm[val_size:]), np.sort(perm[:val_size])
 
 
-def _subset(idx: np.ndarray, size: Optional[int], seed: int) -> np.ndarray:
+def _subset(idx: np.ndarray, size: int | None, seed: int) -> np.ndarray:
     if size is None or size >= len(idx):
         return idx
     return np.sort(np.random.default_rng(seed).choice(idx, size=size, replace=False))
@@ -83,7 +94,7 @@ class DataBundle:
     test_idx: np.ndarray
 
     @classmethod
-    def from_config(cls, cfg: DataConfig, seed: int) -> "DataBundle":
+    def from_config(cls, cfg: DataConfig, seed: int) -> DataBundle:
         raw = load_raw(cfg.name, cfg.root, cfg.download)
         if len(np.unique(raw.train_labels)) < 2:
             raise DataError(f"dataset '{cfg.name}' has fewer than 2 classes; evaluation needs at least 2")
@@ -116,24 +127,26 @@ class DataBundle:
             "val": len(self.val_idx), "test": len(self.test_idx),
         }
 
-    def view_dataset(self) -> ArrayDataset:
-        """Training images with ``data.views`` augmented views each."""
+    def view_dataset(self, clean: bool = False) -> ArrayDataset:
+        """Training images with ``data.views`` augmented views each (and the clean image)."""
         c = self.cfg
         transform = multi_view_transform(
             views=c.views, input_size=self.image_size, mean=self.raw.mean, std=self.raw.std,
             min_scale=c.min_scale, cj_prob=c.cj_prob, cj_strength=c.cj_strength,
             hf_prob=c.hf_prob, random_gray_scale=c.random_gray_scale, gaussian_blur=c.gaussian_blur,
         )
-        return ArrayDataset(self.raw.train_images[self.train_idx], self.raw.train_labels[self.train_idx], transform)
+        clean_tf = T.Compose([T.ToTensor(), T.Normalize(self.raw.mean, self.raw.std)]) if clean else None
+        return ArrayDataset(self.raw.train_images[self.train_idx], self.raw.train_labels[self.train_idx],
+                            transform, clean_tf)
 
-    def train_loader(self, seed: int) -> DataLoader:
+    def train_loader(self, seed: int, clean: bool = False) -> DataLoader:
         if len(self.train_idx) < self.cfg.batch_size:
             raise DataError(
                 f"data.batch_size = {self.cfg.batch_size} exceeds the {len(self.train_idx)} training "
                 "images; lower data.batch_size or use more data (data.train_subset)"
             )
         return DataLoader(
-            self.view_dataset(),
+            self.view_dataset(clean),
             batch_size=self.cfg.batch_size,
             shuffle=True,
             drop_last=True,

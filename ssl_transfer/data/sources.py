@@ -13,9 +13,9 @@ seed; it needs no install.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 
@@ -59,7 +59,7 @@ class RawDataset:
         return int(self.train_images.shape[1])
 
 
-def _find_file(folder: Path, stem: str) -> Optional[Path]:
+def _find_file(folder: Path, stem: str) -> Path | None:
     for sub in ("", "FashionMNIST/raw", "raw"):
         for suffix in (".gz", ""):
             p = folder / sub / (stem + suffix)
@@ -68,7 +68,7 @@ def _find_file(folder: Path, stem: str) -> Optional[Path]:
     return None
 
 
-def fashion_mnist_candidates(root: Optional[str]) -> list[tuple[str, Path]]:
+def fashion_mnist_candidates(root: str | None) -> list[tuple[str, Path]]:
     """Folders searched for Fashion-MNIST, in order, each with where it came from."""
     out = []
     if root:
@@ -88,7 +88,7 @@ def _stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     return [float(m) for m in mean], [float(s) for s in std]
 
 
-def load_fashion_mnist(root: Optional[str] = None, download: bool = False) -> RawDataset:
+def load_fashion_mnist(root: str | None = None, download: bool = False) -> RawDataset:
     candidates = fashion_mnist_candidates(root)
     if download:
         if not root:
@@ -143,7 +143,7 @@ def load_fashion_mnist(root: Optional[str] = None, download: bool = False) -> Ra
     )
 
 
-def load_digits_dataset(root: Optional[str] = None, download: bool = False) -> RawDataset:
+def load_digits_dataset(root: str | None = None, download: bool = False) -> RawDataset:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -173,7 +173,7 @@ SOURCES: dict[str, Callable[..., RawDataset]] = {
 }
 
 
-def load_raw(name: str, root: Optional[str] = None, download: bool = False) -> RawDataset:
+def load_raw(name: str, root: str | None = None, download: bool = False) -> RawDataset:
     if name not in SOURCES:
         raise DataError(f"unknown dataset '{name}'; use one of {', '.join(SOURCES)}")
     return SOURCES[name](root=root, download=download)

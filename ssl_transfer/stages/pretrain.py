@@ -36,7 +36,7 @@ class SimCLRModule(StageModule):
         return self.projection_head(self.backbone(x))
 
     def training_step(self, batch, batch_idx):
-        views, _, _ = batch
+        views = batch["views"]
         b = views[0].shape[0]
         z = self.project(torch.cat(views)).split(b)  # one (b, proj_out_dim) block per view
         pairs = [(i, j) for i in range(len(z)) for j in range(i + 1, len(z))]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from typing import Optional
 
 import torch
 from torch import nn
@@ -21,7 +20,7 @@ class FrozenTeacher(nn.Module):
     SSL projection head as well.
     """
 
-    def __init__(self, backbone: nn.Module, projection_head: Optional[nn.Module] = None):
+    def __init__(self, backbone: nn.Module, projection_head: nn.Module | None = None):
         super().__init__()
         self.backbone = copy.deepcopy(backbone)
         self.projection_head = copy.deepcopy(projection_head) if projection_head is not None else None
@@ -70,16 +69,20 @@ def build_student(cfg: TransferConfig, teacher_backbone: nn.Module, teacher_spec
 class TransferModule(StageModule):
     """Trains ``student`` so that ``loss(student.embed(x), teacher(x))`` is minimised.
 
-    Views are stacked as [view0 of all images; view1 of all images; ...]. With
-    ``teacher_cache`` (n_train, d_t) given, the teacher embedding of the un-augmented image is
-    looked up by dataset index instead (``teacher_views: clean``); both views of an image then
-    share one teacher embedding, so w = 1 for them.
+    Views are stacked as [view0 of all images; view1 of all images; ...].
+
+    ``teacher_views``: ``augmented``: the teacher embeds the same augmented views as the
+    student. ``clean``: the teacher embeds the un-augmented image (``batch["clean"]``), once
+    per image, repeated for each view; all views of an image then share one teacher embedding,
+    so w = 1 between them. With ``teacher_cache`` (n_train, d_t) the clean embeddings are looked
+    up by dataset index instead of recomputed (valid because clean images and the frozen,
+    eval-mode teacher are deterministic).
     """
 
     stage = "transfer"
 
     def __init__(self, cfg: TransferConfig, student: Student, teacher: FrozenTeacher, batch_size: int,
-                 teacher_cache: Optional[torch.Tensor] = None):
+                 teacher_cache: torch.Tensor | None = None):
         super().__init__()
         self.save_hyperparameters({"transfer": vars(cfg), "batch_size": batch_size})
         self.opt_cfg = cfg
@@ -95,15 +98,18 @@ class TransferModule(StageModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.student(x)
 
-    def teacher_embeddings(self, x: torch.Tensor, index: torch.Tensor, views: int) -> torch.Tensor:
+    def teacher_embeddings(self, batch: dict, x: torch.Tensor) -> torch.Tensor:
+        views = len(batch["views"])
         if self.teacher_cache is not None:
-            return self.teacher_cache[index].repeat(views, 1)
+            return self.teacher_cache[batch["index"]].repeat(views, 1)
+        if self.opt_cfg.teacher_views == "clean":
+            return self.teacher(batch["clean"]).repeat(views, 1)
         return self.teacher(x)
 
     def training_step(self, batch, batch_idx):
-        views, _, index = batch
+        views = batch["views"]
         x = torch.cat(views)
-        t = self.teacher_embeddings(x, index, len(views))
+        t = self.teacher_embeddings(batch, x)
         self.check_finite(t, "teacher embedding")
         s = self.student.embed(x)
         loss = self.criterion(s, t)

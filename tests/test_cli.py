@@ -1,0 +1,92 @@
+"""CLI errors: one line naming cause and fix, exit status 2, no traceback, nothing overwritten."""
+
+import subprocess
+import sys
+
+import pytest
+
+from ssl_transfer.cli import main
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def smoke(repo_root):
+    return str(repo_root / "configs" / "smoke.yaml")
+
+
+def assert_one_line_error(code, err, needle):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert needle in lines[0]
+    assert "Traceback" not in err
+
+
+def test_missing_config(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "run", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "o"))
+    assert_one_line_error(code, err, "does not exist")
+    assert not (tmp_path / "o").exists()
+
+
+def test_unparsable_yaml(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("transfer:\n  sigma: [1\n")
+    code, _, err = run_cli(capsys, "run", str(bad), "--out", str(tmp_path / "o"))
+    assert_one_line_error(code, err, "does not parse")
+
+
+def test_unknown_key_suggests(capsys, smoke, tmp_path):
+    code, _, err = run_cli(capsys, "run", smoke, "--set", "transfer.sigmaa=3", "--out", str(tmp_path / "o"))
+    assert_one_line_error(code, err, "did you mean 'transfer.sigma'")
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("transfer.sigma=0", "transfer.sigma = 0.0 must be > 0"),
+    ("transfer.sigma=abc", "wrong type"),
+    ("data.views=1", "data.views >= 2"),
+])
+def test_bad_values(capsys, smoke, tmp_path, override, needle):
+    code, _, err = run_cli(capsys, "run", smoke, "--set", override, "--out", str(tmp_path / "o"))
+    assert_one_line_error(code, err, needle)
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_dataset(capsys, smoke, tmp_path, monkeypatch):
+    monkeypatch.setattr("ssl_transfer.data.sources.DEBIAN_FASHION_MNIST", tmp_path / "none")
+    monkeypatch.delenv("SSL_TRANSFER_DATA", raising=False)
+    code, _, err = run_cli(capsys, "run", smoke, "--set", f"data.root={tmp_path / 'nothing'}",
+                           "--out", str(tmp_path / "o"))
+    assert_one_line_error(code, err, "apt-get install dataset-fashion-mnist")
+    assert not (tmp_path / "o").exists()
+
+
+def test_existing_out_dir_is_not_touched(capsys, smoke, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "results.json").write_text("precious")
+    code, _, err = run_cli(capsys, "run", smoke, "--out", str(out))
+    assert_one_line_error(code, err, "--overwrite")
+    assert (out / "results.json").read_text() == "precious"
+    assert sorted(p.name for p in out.iterdir()) == ["results.json"]
+
+
+def test_out_is_a_file(capsys, smoke, tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    code, _, err = run_cli(capsys, "run", smoke, "--out", str(f), "--overwrite")
+    assert_one_line_error(code, err, "is a file")
+    assert f.read_text() == "x"
+
+
+def test_subprocess_exit_status_and_debug_traceback(tmp_path):
+    cmd = [sys.executable, "-m", "ssl_transfer", "run", str(tmp_path / "nope.yaml")]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip().count("\n") == 0 and "does not exist" in p.stderr
+    p = subprocess.run([*cmd, "--debug"], capture_output=True, text=True)
+    assert p.returncode != 0 and "Traceback" in p.stderr and "ConfigError" in p.stderr

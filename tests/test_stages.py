@@ -1,0 +1,115 @@
+"""Stages on tiny random batches: frozen teacher, views stacking, loss guard, determinism."""
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ssl_transfer.config import SourceConfig, TransferConfig
+from ssl_transfer.errors import NonFiniteError
+from ssl_transfer.models import build_backbone
+from ssl_transfer.stages.pretrain import SimCLRModule
+from ssl_transfer.stages.transfer import FrozenTeacher, TransferModule, build_student
+
+
+class RandomViews(Dataset):
+    def __init__(self, n=32, views=2, clean=False):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 1, 16, 16, generator=g)
+        self.views, self.clean = views, clean
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        noise = [self.x[i] + 0.1 * torch.randn_like(self.x[i]) for _ in range(self.views)]
+        item = {"views": noise, "label": i % 4, "index": i}
+        if self.clean:
+            item["clean"] = self.x[i]
+        return item
+
+
+def fit(module, dataset, steps=3):
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, DataLoader(dataset, batch_size=8, shuffle=True))
+    return trainer
+
+
+def make_transfer(teacher_views="augmented", **kw):
+    backbone, spec = build_backbone("resnet18", "imagenet", 1)
+    cfg = TransferConfig(teacher_views=teacher_views, warmup_fraction=0.0, **kw)
+    teacher = FrozenTeacher(backbone)
+    student = build_student(cfg, backbone, spec, 1)
+    return TransferModule(cfg, student, teacher, batch_size=8), teacher
+
+
+@pytest.mark.parametrize("teacher_views", ["augmented", "clean"])
+def test_teacher_frozen_student_trained(teacher_views):
+    module, teacher = make_transfer(teacher_views)
+    t_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    s_before = {k: v.clone() for k, v in module.student.state_dict().items()}
+    fit(module, RandomViews(clean=teacher_views == "clean"))
+    assert not teacher.training and all(not p.requires_grad for p in teacher.parameters())
+    for k, v in teacher.state_dict().items():  # weights and BatchNorm running stats unchanged
+        assert torch.equal(v, t_before[k]), k
+    changed = [k for k, v in module.student.state_dict().items() if not torch.equal(v, s_before[k])]
+    assert any("weight" in k for k in changed)
+
+
+def test_clean_teacher_views_share_one_embedding():
+    module, _ = make_transfer("clean")
+    ds = RandomViews(n=8, views=3, clean=True)
+    batch = next(iter(DataLoader(ds, batch_size=8)))
+    t = module.teacher_embeddings(batch, torch.cat(batch["views"]))
+    assert t.shape == (24, 512)
+    torch.testing.assert_close(t[:8], t[8:16])
+    torch.testing.assert_close(t[:8], t[16:])
+
+
+def test_student_init_from_teacher_copies_backbone_only():
+    backbone, spec = build_backbone("resnet18", "imagenet", 1)
+    student = build_student(TransferConfig(student_init="teacher", student_head="linear", embed_dim=64),
+                            backbone, spec, 1)
+    for (k, v), (k2, v2) in zip(backbone.state_dict().items(), student.backbone.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    assert student.embed(torch.randn(2, 1, 16, 16)).shape == (2, 64)
+    scratch = build_student(TransferConfig(student_head="none"), backbone, spec, 1)
+    assert not torch.equal(scratch.backbone.conv1.weight, backbone.conv1.weight)
+    assert scratch.embed_dim == 512
+
+
+def test_simclr_loss_decreases_on_fixed_batch():
+    module = SimCLRModule(SourceConfig(lr=0.1, warmup_fraction=0.0), in_channels=1, batch_size=8)
+    batch = next(iter(DataLoader(RandomViews(n=8), batch_size=8)))
+    opt = torch.optim.SGD(module.parameters(), lr=0.05, momentum=0.9)
+    module.log_loss = lambda *a: None
+    losses = []
+    for _ in range(8):
+        opt.zero_grad()
+        loss = module.training_step(batch, 0)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.1
+
+
+def test_non_finite_loss_is_reported_with_stage_and_step():
+    module, _ = make_transfer()
+    batch = next(iter(DataLoader(RandomViews(n=8), batch_size=8)))
+    batch["views"][0][0, 0, 0, 0] = float("nan")
+    module.log_loss = lambda *a: None
+    with pytest.raises(NonFiniteError, match="stage 'transfer' at epoch 0, step 0"):
+        module.training_step(batch, 0)
+
+
+def test_same_seed_same_weights():
+    def train():
+        L.seed_everything(1, verbose=False)
+        module, _ = make_transfer()
+        fit(module, RandomViews(), steps=2)
+        return module.student.state_dict()
+    a, b = train(), train()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
