@@ -94,9 +94,23 @@ class SourceConfig:
 class TransferConfig:
     """Transfer stage: a student trained by a relational loss on the frozen teacher."""
 
-    loss: Literal["relaxed_contrastive"] = "relaxed_contrastive"
+    loss: Literal["relaxed_contrastive", "relaxed_ms", "rkd", "pkt", "darkrank", "regression"] = (
+        "relaxed_contrastive")
+    #: Relaxed losses: teacher kernel bandwidth and margin (METHOD.md).
     sigma: float = 1.0
     delta: float = 1.0
+    #: Relaxed contrastive: compute the loss in row blocks of this size (bounded memory, same value).
+    block_size: Optional[int] = None
+    #: Relaxed MS: scale of the positive and negative terms.
+    ms_scale_pos: float = 1.0
+    ms_scale_neg: float = 2.0
+    #: RKD weights of the distance and angle terms (paper: 1 and 2).
+    rkd_dist_weight: float = 1.0
+    rkd_angle_weight: float = 2.0
+    #: DarkRank: score -alpha * d^beta, top-k teacher neighbours.
+    darkrank_alpha: float = 3.0
+    darkrank_beta: float = 3.0
+    darkrank_k: int = 4
     epochs: float = 1.0
     #: Teacher output transferred: backbone feature or SimCLR projection output.
     teacher_output: Literal["backbone", "projection"] = "backbone"
@@ -182,13 +196,16 @@ class RunConfig:
 
 _POSITIVE = {
     "source.epochs", "source.lr", "source.temperature", "transfer.sigma", "transfer.delta",
-    "transfer.epochs", "transfer.lr", "eval.knn_temperature",
+    "transfer.epochs", "transfer.lr", "eval.knn_temperature", "transfer.ms_scale_pos",
+    "transfer.ms_scale_neg", "transfer.darkrank_alpha", "transfer.darkrank_beta",
 }
 _AT_LEAST_ONE = {
     "data.eval_batch_size", "source.proj_hidden_dim", "source.proj_out_dim",
     "transfer.embed_dim", "eval.knn_k", "eval.linear_max_iter", "trainer.log_every_n_steps",
+    "transfer.darkrank_k",
 }
 _NON_NEGATIVE = {
+    "transfer.rkd_dist_weight", "transfer.rkd_angle_weight",
     "data.val_size", "data.num_workers", "source.weight_decay", "source.momentum",
     "transfer.weight_decay", "transfer.momentum",
 }
@@ -228,6 +245,10 @@ def _check_ranges(cfg: RunConfig) -> None:
         value = getattr(cfg.data, key)
         if value is not None and value < 2:
             raise ConfigError(f"data.{key} = {value} must be >= 2 or null (use all images)")
+    if cfg.transfer.block_size is not None and cfg.transfer.block_size < 1:
+        raise ConfigError(f"transfer.block_size = {cfg.transfer.block_size} must be >= 1 or null (dense)")
+    if cfg.transfer.rkd_dist_weight + cfg.transfer.rkd_angle_weight == 0:
+        raise ConfigError("transfer.rkd_dist_weight and transfer.rkd_angle_weight are both 0; set one > 0")
     if not cfg.eval.linear_Cs or any(c <= 0 for c in cfg.eval.linear_Cs):
         raise ConfigError(
             f"eval.linear_Cs = {cfg.eval.linear_Cs} must be a non-empty list of positive numbers"

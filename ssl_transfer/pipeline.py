@@ -207,7 +207,9 @@ def transfer_student(cfg: RunConfig, teacher: SimCLRModule, bundle: DataBundle, 
         timings["teacher_cache"] = time.perf_counter() - start
     L.seed_everything(cfg.seed + 2, workers=True, verbose=False)
     student = build_student(tc, teacher.backbone, teacher.spec, bundle.channels)
-    module = TransferModule(tc, student, frozen, cfg.data.batch_size, teacher_cache=cache)
+    teacher_dim = cfg.source.proj_out_dim if tc.teacher_output == "projection" else teacher.spec.feat_dim
+    module = TransferModule(tc, student, frozen, cfg.data.batch_size, teacher_cache=cache,
+                            teacher_dim=teacher_dim, views=cfg.data.views)
     timings[name] = _fit(cfg, out_dir, name, module, loader, tc.epochs, cfg.seed + 2)
     module.cpu()
     save_model(out_dir / ("student.pt" if name == "transfer" else f"{name}.pt"), student.backbone,

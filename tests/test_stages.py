@@ -113,3 +113,17 @@ def test_same_seed_same_weights():
     a, b = train(), train()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("loss", ["relaxed_contrastive", "relaxed_ms", "rkd", "pkt", "darkrank", "regression"])
+def test_every_registered_loss_trains_the_student(loss):
+    backbone, spec = build_backbone("resnet18", "imagenet", 1)
+    cfg = TransferConfig(loss=loss, student_head="linear", embed_dim=32, warmup_fraction=0.0, block_size=5)
+    student = build_student(cfg, backbone, spec, 1)
+    module = TransferModule(cfg, student, FrozenTeacher(backbone), batch_size=8, teacher_dim=512, views=2)
+    head_before = student.head.weight.clone()
+    extra = [p.clone() for p in module.criterion.parameters()]
+    fit(module, RandomViews(), steps=2)
+    assert not torch.equal(student.head.weight, head_before)
+    if loss == "regression":  # the loss's own linear map is optimised with the student
+        assert extra and not torch.equal(next(module.criterion.parameters()), extra[0])

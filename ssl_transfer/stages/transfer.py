@@ -8,7 +8,9 @@ import torch
 from torch import nn
 
 from ..config import TransferConfig
-from ..losses import LOSSES
+from ..losses import (DarkRankLoss, PKTLoss, RegressionLoss, RelaxedContrastiveLoss, RelaxedMSLoss,
+                      RKDLoss)
+from ..distributed import gather_views
 from ..models import build_backbone, embedding_head, head_out_dim
 from .base import StageModule
 
@@ -66,6 +68,24 @@ def build_student(cfg: TransferConfig, teacher_backbone: nn.Module, teacher_spec
     return student
 
 
+def build_loss(cfg: TransferConfig, student_dim: int, teacher_dim: int, views: int) -> nn.Module:
+    """The transfer loss named by ``cfg.loss`` with its hyper-parameters from the config."""
+    if cfg.loss == "relaxed_contrastive":
+        return RelaxedContrastiveLoss(sigma=cfg.sigma, delta=cfg.delta, block_size=cfg.block_size)
+    if cfg.loss == "relaxed_ms":
+        return RelaxedMSLoss(sigma=cfg.sigma, delta=cfg.delta, scale_pos=cfg.ms_scale_pos,
+                             scale_neg=cfg.ms_scale_neg, views=views)
+    if cfg.loss == "rkd":
+        return RKDLoss(dist_weight=cfg.rkd_dist_weight, angle_weight=cfg.rkd_angle_weight)
+    if cfg.loss == "pkt":
+        return PKTLoss()
+    if cfg.loss == "darkrank":
+        return DarkRankLoss(alpha=cfg.darkrank_alpha, beta=cfg.darkrank_beta, k=cfg.darkrank_k)
+    if cfg.loss == "regression":  # its linear map is trained with the student
+        return RegressionLoss(student_dim=student_dim, teacher_dim=teacher_dim)
+    raise ValueError(f"unknown transfer loss '{cfg.loss}'")
+
+
 class TransferModule(StageModule):
     """Trains ``student`` so that ``loss(student.embed(x), teacher(x))`` is minimised.
 
@@ -82,14 +102,15 @@ class TransferModule(StageModule):
     stage = "transfer"
 
     def __init__(self, cfg: TransferConfig, student: Student, teacher: FrozenTeacher, batch_size: int,
-                 teacher_cache: torch.Tensor | None = None):
+                 teacher_cache: torch.Tensor | None = None, teacher_dim: int | None = None,
+                 views: int = 2):
         super().__init__()
         self.save_hyperparameters({"transfer": vars(cfg), "batch_size": batch_size})
         self.opt_cfg = cfg
         self.batch_size = batch_size
         self.student = student
         self.teacher = teacher
-        self.criterion = LOSSES[cfg.loss](sigma=cfg.sigma, delta=cfg.delta)
+        self.criterion = build_loss(cfg, student.embed_dim, teacher_dim or student.embed_dim, views)
         if teacher_cache is not None:
             self.register_buffer("teacher_cache", teacher_cache.float(), persistent=False)
         else:
@@ -112,6 +133,8 @@ class TransferModule(StageModule):
         t = self.teacher_embeddings(batch, x)
         self.check_finite(t, "teacher embedding")
         s = self.student.embed(x)
+        # under DDP the loss sees the whole global batch (views kept in view-major order)
+        s, t = gather_views(s, len(views)), gather_views(t.detach(), len(views))
         loss = self.criterion(s, t)
         self.check_finite(loss, f"{self.opt_cfg.loss} loss")
         self.log_loss(loss, views[0].shape[0])
