@@ -100,7 +100,7 @@ class TransferConfig:
     sigma: float = 1.0
     delta: float = 1.0
     #: Relaxed contrastive: compute the loss in row blocks of this size (bounded memory, same value).
-    block_size: Optional[int] = None
+    block_size: int | None = None
     #: Relaxed MS: scale of the positive and negative terms.
     ms_scale_pos: float = 1.0
     ms_scale_neg: float = 2.0

@@ -8,9 +8,8 @@ import torch
 from torch import nn
 
 from ..config import TransferConfig
-from ..losses import (DarkRankLoss, PKTLoss, RegressionLoss, RelaxedContrastiveLoss, RelaxedMSLoss,
-                      RKDLoss)
 from ..distributed import gather_views
+from ..losses import DarkRankLoss, PKTLoss, RegressionLoss, RelaxedContrastiveLoss, RelaxedMSLoss, RKDLoss
 from ..models import build_backbone, embedding_head, head_out_dim
 from .base import StageModule
 
