@@ -66,7 +66,6 @@ def main(argv=None) -> int:
         cfg = config_from_dict(base)
         setup_runtime(cfg)
         bundle = DataBundle.from_config(cfg.data, cfg.seed)
-        loader = bundle.train_loader(cfg.seed)
         run_dir = Path(args.work or out) / f"seed{seed}"
 
         def record(model, module, seconds, extra=None, seed=seed, bundle=bundle, cfg=cfg):
@@ -82,15 +81,15 @@ def main(argv=None) -> int:
         if args.teacher:
             teacher = load_teacher(cfg, args.teacher, bundle)
         else:
-            teacher, t = pretrain_teacher(cfg, bundle, run_dir, loader)
+            teacher, t = pretrain_teacher(cfg, bundle, run_dir)
             record("teacher", teacher.backbone, t)
         if cfg.controls.teacher_continued and not args.no_control:
-            cont, t = continue_teacher(cfg, teacher, bundle, run_dir, loader)
+            cont, t = continue_teacher(cfg, teacher, bundle, run_dir)
             record("teacher_continued", cont.backbone, t)
         for name, overrides in variants.items():
             vcfg = config_from_dict(apply_overrides(dataclasses.asdict(cfg), list(overrides)))
             start = time.perf_counter()
-            student, _ = transfer_student(vcfg, teacher, bundle, run_dir, loader, name=f"student_{name}")
+            student, _ = transfer_student(vcfg, teacher, bundle, run_dir, name=f"student_{name}")
             record(name, student.backbone, time.perf_counter() - start, overrides)
     return 0
 

@@ -111,6 +111,9 @@ class TransferConfig:
     darkrank_alpha: float = 3.0
     darkrank_beta: float = 3.0
     darkrank_k: int = 4
+    #: Cross-batch memory: keep this many past (detached) student and teacher embeddings and
+    #: add them to every batch's pairs (0: off). Relaxed contrastive, PKT and DarkRank only.
+    memory_size: int = 0
     epochs: float = 1.0
     #: Teacher output transferred: backbone feature or SimCLR projection output.
     teacher_output: Literal["backbone", "projection"] = "backbone"
@@ -147,6 +150,9 @@ class EvalConfig:
     #: best validation accuracy is refitted and evaluated once on the test split.
     linear_Cs: list[float] = field(default_factory=lambda: [0.1, 1.0, 10.0])
     linear_max_iter: int = 100
+    #: Also compute retrieval metrics (Recall@K, MAP@R, R-precision) on the test split.
+    retrieval: bool = False
+    recall_ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     #: Where features are extracted and the probe fitted: auto (CUDA when available), cpu, cuda.
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -205,7 +211,7 @@ _AT_LEAST_ONE = {
     "transfer.darkrank_k",
 }
 _NON_NEGATIVE = {
-    "transfer.rkd_dist_weight", "transfer.rkd_angle_weight",
+    "transfer.rkd_dist_weight", "transfer.rkd_angle_weight", "transfer.memory_size",
     "data.val_size", "data.num_workers", "source.weight_decay", "source.momentum",
     "transfer.weight_decay", "transfer.momentum",
 }
@@ -247,8 +253,15 @@ def _check_ranges(cfg: RunConfig) -> None:
             raise ConfigError(f"data.{key} = {value} must be >= 2 or null (use all images)")
     if cfg.transfer.block_size is not None and cfg.transfer.block_size < 1:
         raise ConfigError(f"transfer.block_size = {cfg.transfer.block_size} must be >= 1 or null (dense)")
+    if cfg.transfer.memory_size and cfg.transfer.loss not in ("relaxed_contrastive", "pkt", "darkrank"):
+        raise ConfigError(
+            f"transfer.memory_size does not apply to transfer.loss = {cfg.transfer.loss} (view-structured, "
+            "cubic or pointwise); use relaxed_contrastive, pkt or darkrank, or set memory_size: 0"
+        )
     if cfg.transfer.rkd_dist_weight + cfg.transfer.rkd_angle_weight == 0:
         raise ConfigError("transfer.rkd_dist_weight and transfer.rkd_angle_weight are both 0; set one > 0")
+    if not cfg.eval.recall_ks or any(k < 1 for k in cfg.eval.recall_ks):
+        raise ConfigError(f"eval.recall_ks = {cfg.eval.recall_ks} must be a non-empty list of integers >= 1")
     if not cfg.eval.linear_Cs or any(c <= 0 for c in cfg.eval.linear_Cs):
         raise ConfigError(
             f"eval.linear_Cs = {cfg.eval.linear_Cs} must be a non-empty list of positive numbers"

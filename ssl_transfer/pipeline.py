@@ -94,6 +94,22 @@ def _fit(cfg: RunConfig, out_dir: Path, stage: str, module: L.LightningModule, l
     return time.perf_counter() - start
 
 
+def evaluate_checkpoint(path: str | os.PathLike, cfg: RunConfig) -> dict[str, Any]:
+    """Evaluate any saved backbone (teacher.pt / student.pt) on the config's dataset."""
+    from .errors import CheckpointError
+    from .io import load_model
+
+    bundle = DataBundle.from_config(cfg.data, cfg.seed)
+    setup_runtime(cfg)
+    model, payload = load_model(path)
+    if payload["spec"]["in_channels"] != bundle.channels:
+        raise CheckpointError(f"checkpoint '{path}' expects {payload['spec']['in_channels']} input channels "
+                              f"but {cfg.data.name} has {bundle.channels}; evaluate it on a matching dataset")
+    result = evaluate(model, bundle, cfg)
+    return {"checkpoint": str(path), "spec": payload["spec"], "data": {"name": cfg.data.name,
+            "sizes": bundle.sizes()}, "eval": cfg.to_dict()["eval"], **result}
+
+
 def _device(module: torch.nn.Module) -> torch.device:
     return next(module.parameters()).device
 
@@ -117,7 +133,14 @@ def evaluate(model: torch.nn.Module, bundle: DataBundle, cfg: RunConfig) -> dict
                          max_iter=e.linear_max_iter, seed=cfg.seed, device=dev)
     knn_val = knn_accuracy(tr_x, tr_y, va_x, va_y, k=e.knn_k, temperature=e.knn_temperature)
     knn_test = knn_accuracy(tr_x, tr_y, te_x, te_y, k=e.knn_k, temperature=e.knn_temperature)
+    out: dict[str, Any] = {}
+    if e.retrieval:
+        from linear_eval import retrieval_metrics
+
+        out["retrieval"] = {"split": "test", "ks": list(e.recall_ks),
+                            **retrieval_metrics(te_x, te_y, ks=tuple(e.recall_ks))}
     return {
+        **out,
         "linear_acc": probe["test_acc"],
         "knn_acc": knn_test,
         "val_linear_acc": probe["val_acc_best"],
@@ -150,9 +173,9 @@ def _versions() -> dict[str, str]:
     }
 
 
-def pretrain_teacher(cfg: RunConfig, bundle: DataBundle, out_dir: Path, loader=None) -> tuple[SimCLRModule, float]:
+def pretrain_teacher(cfg: RunConfig, bundle: DataBundle, out_dir: Path) -> tuple[SimCLRModule, float]:
     """Source stage: a SimCLR teacher trained for ``source.epochs``; saved as teacher.pt."""
-    loader = loader or bundle.train_loader(cfg.seed)
+    loader = bundle.train_loader(cfg.seed)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = SimCLRModule(cfg.source, bundle.channels, cfg.data.batch_size)
     seconds = _fit(cfg, out_dir, "source", module, loader, cfg.source.epochs, cfg.seed)
@@ -179,10 +202,10 @@ def load_teacher(cfg: RunConfig, path: str | os.PathLike, bundle: DataBundle) ->
     return module
 
 
-def continue_teacher(cfg: RunConfig, teacher: SimCLRModule, bundle: DataBundle, out_dir: Path,
-                     loader=None) -> tuple[SimCLRModule, float]:
+def continue_teacher(cfg: RunConfig, teacher: SimCLRModule, bundle: DataBundle,
+                     out_dir: Path) -> tuple[SimCLRModule, float]:
     """Control: a copy of the teacher trained ``transfer.epochs`` more with its own SSL loss."""
-    loader = loader or bundle.train_loader(cfg.seed)
+    loader = bundle.train_loader(cfg.seed + 1)
     module = copy.deepcopy(teacher)
     module.stage = "teacher_continued"
     seconds = _fit(cfg, out_dir, "teacher_continued", module, loader, cfg.transfer.epochs, cfg.seed + 1)
@@ -190,13 +213,11 @@ def continue_teacher(cfg: RunConfig, teacher: SimCLRModule, bundle: DataBundle, 
 
 
 def transfer_student(cfg: RunConfig, teacher: SimCLRModule, bundle: DataBundle, out_dir: Path,
-                     loader=None, name: str = "transfer") -> tuple[Student, dict[str, float]]:
+                     name: str = "transfer") -> tuple[Student, dict[str, float]]:
     """Transfer stage: a student trained by ``transfer.loss`` on the frozen teacher; saved as
     ``student.pt`` (``<name>.pt`` for other names)."""
     tc = cfg.transfer
-    needs_clean = tc.teacher_views == "clean" and not tc.teacher_cache
-    if loader is None or needs_clean:
-        loader = bundle.train_loader(cfg.seed, clean=needs_clean)
+    loader = bundle.train_loader(cfg.seed + 2, clean=tc.teacher_views == "clean" and not tc.teacher_cache)
     timings: dict[str, float] = {}
     head = teacher.projection_head if tc.teacher_output == "projection" else None
     frozen = FrozenTeacher(teacher.backbone, head)
@@ -220,22 +241,30 @@ def transfer_student(cfg: RunConfig, teacher: SimCLRModule, bundle: DataBundle, 
 
 
 def run(cfg: RunConfig, out_dir: str | os.PathLike, overwrite: bool = False,
-        bundle: DataBundle | None = None) -> dict[str, Any]:
-    """Run the whole pipeline into ``out_dir`` and return the results dict (also results.json)."""
+        bundle: DataBundle | None = None, teacher_path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Run the whole pipeline into ``out_dir`` and return the results dict (also results.json).
+
+    With ``teacher_path`` (a run's teacher.pt) the source stage is skipped and that teacher is
+    transferred (``ssl-transfer transfer``).
+    """
     out_dir = Path(out_dir)
     total_start = time.perf_counter()
     # everything that can fail on bad input happens before the output directory is touched
     bundle = bundle or DataBundle.from_config(cfg.data, cfg.seed)
-    loader = bundle.train_loader(cfg.seed)
+    bundle.train_loader(cfg.seed)  # validates the batch size against the data
+    loaded = load_teacher(cfg, teacher_path, bundle) if teacher_path else None
     prepare_out_dir(out_dir, overwrite)
     setup_runtime(cfg)
     timings: dict[str, float] = {}
 
-    teacher, timings["source"] = pretrain_teacher(cfg, bundle, out_dir, loader)
+    if loaded is not None:
+        teacher = loaded
+    else:
+        teacher, timings["source"] = pretrain_teacher(cfg, bundle, out_dir)
     continued = None
     if cfg.controls.teacher_continued:
-        continued, timings["teacher_continued"] = continue_teacher(cfg, teacher, bundle, out_dir, loader)
-    student, t = transfer_student(cfg, teacher, bundle, out_dir, loader)
+        continued, timings["teacher_continued"] = continue_teacher(cfg, teacher, bundle, out_dir)
+    student, t = transfer_student(cfg, teacher, bundle, out_dir)
     timings.update(t)
 
     # evaluation: every selection on val, the test split once per model, after training
@@ -247,6 +276,7 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, overwrite: bool = False,
                                                   *results["controls"].values()])
     timings["total"] = time.perf_counter() - total_start
     results.update(run_metadata(cfg, bundle, teacher.spec, student))
+    results["teacher_checkpoint"] = str(teacher_path) if teacher_path else str(out_dir / "teacher.pt")
     results["timings_s"] = timings
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
     from .report import write_report

@@ -61,3 +61,43 @@ def test_second_run_refuses_then_overwrites(smoke_run, repo_root, capsys):
     before = (smoke_run / "results.json").read_text()
     assert main(["run", cfg, "--out", str(smoke_run)]) == 2
     assert (smoke_run / "results.json").read_text() == before
+
+
+def test_eval_command_on_a_saved_student(smoke_run, repo_root, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    code = main(["eval", str(smoke_run / "student.pt"), "--config", str(repo_root / "configs" / "smoke.yaml"),
+                 "--set", "eval.retrieval=true", "--out", str(out)])
+    assert code == 0
+    r = json.loads(out.read_text())
+    run = json.loads((smoke_run / "results.json").read_text())
+    # the same backbone on the same data gives the numbers of the run
+    assert r["knn_acc"] == pytest.approx(run["student"]["knn_acc"], abs=1e-6)
+    assert r["linear_acc"] == pytest.approx(run["student"]["linear_acc"], abs=0.02)
+    for key in ("recall@1", "recall@2", "recall@4", "recall@8", "map@r"):
+        assert 0 <= r["retrieval"][key] <= 1
+    assert r["retrieval"]["recall@1"] <= r["retrieval"]["recall@8"]
+    assert main(["eval", str(smoke_run / "student.pt"), "--config", str(repo_root / "configs" / "smoke.yaml"),
+                 "--out", str(out)]) == 2  # never overwrites
+
+
+def test_eval_command_rejects_missing_and_truncated_checkpoints(smoke_run, repo_root, tmp_path, capsys):
+    cfg = str(repo_root / "configs" / "smoke.yaml")
+    assert main(["eval", str(tmp_path / "none.pt"), "--config", cfg]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "half.pt"
+    bad.write_bytes((smoke_run / "student.pt").read_bytes()[:1000])
+    assert main(["eval", str(bad), "--config", cfg]) == 2
+    assert "truncated" in capsys.readouterr().err
+
+
+def test_transfer_command_from_saved_teacher(smoke_run, repo_root, tmp_path):
+    out = tmp_path / "t"
+    code = main(["transfer", str(repo_root / "configs" / "smoke.yaml"), "--teacher", str(smoke_run / "teacher.pt"),
+                 "--out", str(out), "--set", "controls.teacher_continued=false"])
+    assert code == 0
+    r = json.loads((out / "results.json").read_text())
+    run = json.loads((smoke_run / "results.json").read_text())
+    assert "source" not in r["timings_s"] and r["teacher_checkpoint"].endswith("teacher.pt")
+    # same teacher, same seed: the same teacher numbers and the same student as the full run
+    assert r["teacher"]["knn_acc"] == pytest.approx(run["teacher"]["knn_acc"], abs=1e-6)
+    assert r["student"]["knn_acc"] == pytest.approx(run["student"]["knn_acc"], abs=1e-6)

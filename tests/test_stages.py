@@ -127,3 +127,32 @@ def test_every_registered_loss_trains_the_student(loss):
     assert not torch.equal(student.head.weight, head_before)
     if loss == "regression":  # the loss's own linear map is optimised with the student
         assert extra and not torch.equal(next(module.criterion.parameters()), extra[0])
+
+
+def test_cross_batch_memory_is_fifo_and_widens_the_pairs():
+    backbone, spec = build_backbone("resnet18", "imagenet", 1)
+    cfg = TransferConfig(memory_size=5, student_head="linear", embed_dim=3)
+    module = TransferModule(cfg, build_student(cfg, backbone, spec, 1), FrozenTeacher(backbone),
+                            batch_size=2, teacher_dim=4)
+    s1, t1 = torch.arange(12.0).view(4, 3), torch.arange(16.0).view(4, 4)
+    s_all, t_all = module.with_memory(s1, t1)
+    assert s_all.shape == (4, 3) and t_all.shape == (4, 4)  # empty memory adds nothing
+    module.enqueue(s1, t1)
+    s2, t2 = -torch.ones(4, 3), -torch.ones(4, 4)
+    s_all, t_all = module.with_memory(s2, t2)
+    assert torch.equal(s_all, torch.cat([s2, s1])) and torch.equal(t_all, torch.cat([t2, t1]))
+    module.enqueue(s2, t2)  # 8 items into 5 slots: the oldest 3 are overwritten
+    assert int(module.memory_count) == 8
+    kept = {tuple(r) for r in module.memory_student.tolist()}
+    assert kept == {tuple(r) for r in torch.cat([s1[3:], s2]).tolist()}
+    assert "memory_student" in module.state_dict()  # saved with checkpoints
+    loss = module.criterion(*module.with_memory(s2.requires_grad_(), t2))
+    assert torch.isfinite(loss)
+
+
+def test_memory_trains_end_to_end():
+    backbone, spec = build_backbone("resnet18", "imagenet", 1)
+    cfg = TransferConfig(memory_size=24, warmup_fraction=0.0)
+    module = TransferModule(cfg, build_student(cfg, backbone, spec, 1), FrozenTeacher(backbone), batch_size=8)
+    fit(module, RandomViews(), steps=3)
+    assert int(module.memory_count) == 3 * 16

@@ -114,6 +114,11 @@ class TransferModule(StageModule):
             self.register_buffer("teacher_cache", teacher_cache.float(), persistent=False)
         else:
             self.teacher_cache = None
+        # cross-batch memory: FIFO of past (detached) student and teacher embeddings
+        m = cfg.memory_size
+        self.register_buffer("memory_student", torch.zeros(m, student.embed_dim))
+        self.register_buffer("memory_teacher", torch.zeros(m, teacher_dim or student.embed_dim))
+        self.register_buffer("memory_count", torch.zeros((), dtype=torch.long))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.student(x)
@@ -126,6 +131,23 @@ class TransferModule(StageModule):
             return self.teacher(batch["clean"]).repeat(views, 1)
         return self.teacher(x)
 
+    def with_memory(self, s: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append the stored embeddings to the batch: more pairs, gradient only via the batch."""
+        filled = int(min(self.memory_count.item(), self.opt_cfg.memory_size))
+        return (torch.cat([s, self.memory_student[:filled].to(s.dtype)]),
+                torch.cat([t, self.memory_teacher[:filled].to(t.dtype)]))
+
+    @torch.no_grad()
+    def enqueue(self, s: torch.Tensor, t: torch.Tensor) -> None:
+        """Write the (global) batch into the FIFO memory, overwriting the oldest entries."""
+        m = self.opt_cfg.memory_size
+        s, t = s[-m:], t[-m:]
+        start = int(self.memory_count.item()) % m
+        idx = (torch.arange(s.shape[0], device=s.device) + start) % m
+        self.memory_student[idx] = s.to(self.memory_student.dtype)
+        self.memory_teacher[idx] = t.to(self.memory_teacher.dtype)
+        self.memory_count += s.shape[0]
+
     def training_step(self, batch, batch_idx):
         views = batch["views"]
         x = torch.cat(views)
@@ -134,7 +156,11 @@ class TransferModule(StageModule):
         s = self.student.embed(x)
         # under DDP the loss sees the whole global batch (views kept in view-major order)
         s, t = gather_views(s, len(views)), gather_views(t.detach(), len(views))
-        loss = self.criterion(s, t)
+        if self.opt_cfg.memory_size:
+            loss = self.criterion(*self.with_memory(s, t))
+            self.enqueue(s.detach(), t)
+        else:
+            loss = self.criterion(s, t)
         self.check_finite(loss, f"{self.opt_cfg.loss} loss")
         self.log_loss(loss, views[0].shape[0])
         return loss
