@@ -65,7 +65,7 @@ def main(argv=None) -> int:
         base = apply_overrides(load_yaml(args.config), [*args.overrides, f"seed={seed}"])
         cfg = config_from_dict(base)
         setup_runtime(cfg)
-        bundle = DataBundle.from_config(cfg.data, cfg.seed)
+        bundle = DataBundle.from_config(cfg.data, cfg.seed, method=cfg.source.method)
         run_dir = Path(args.work or out) / f"seed{seed}"
 
         def record(model, module, seconds, extra=None, seed=seed, bundle=bundle, cfg=cfg):

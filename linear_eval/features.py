@@ -1,4 +1,14 @@
-"""Frozen-feature extraction: batched, no gradient, eval mode, model state restored after."""
+"""Frozen-feature extraction: batched, no gradient, eval mode, model state restored after.
+
+This is the single extraction function of the package: the fast probe, kNN and retrieval all
+evaluate features produced here. It is deterministic for a deterministic loader (no shuffling,
+no random transforms): eval mode uses BatchNorm running statistics and disables dropout, so the
+same model and loader give the same features.
+
+Example:
+    >>> backbone, info = load_backbone("runs/x/teacher.pt")      # linear_eval.models
+    >>> feats, labels = extract_features(backbone, test_loader, device="cuda")
+"""
 
 from __future__ import annotations
 
@@ -8,23 +18,48 @@ import torch
 from torch import nn
 
 
+def _model_device(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
 @torch.no_grad()
-def extract_features(model: nn.Module, loader: Iterable, device: str | torch.device = "cpu"):
-    """Return ``(features (n, d) float32 on CPU, labels (n,))`` for ``(x, y, ...)`` batches.
+def extract_features(model: nn.Module, loader: Iterable, device: str | torch.device | None = None,
+                     *, max_batches: int | None = None,
+                     dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(features (n, d) on CPU, labels (n,))`` for a loader of ``(x, y, ...)`` batches.
+
+    Args:
+        model: maps a batch (b, ...) to features (b, ...); flattened to (b, d).
+        loader: yields ``(x, y)`` or ``(x, y, anything...)`` batches.
+        device: where the inputs are sent (default: the device of the model's parameters).
+            The model itself is not moved.
+        max_batches: stop after this many batches (e.g. a quick check); default all.
+        dtype: dtype of the returned features (default float32, whatever the model computes in).
 
     The model runs in eval mode (BatchNorm uses its running statistics and does not update
-    them); its previous train/eval mode is restored afterwards.
+    them; dropout is off) under ``torch.no_grad``; the previous train/eval mode of every submodule is
+    restored afterwards, also on error. Nothing of the model's state changes.
     """
-    was_training = model.training
+    if max_batches is not None and max_batches < 1:
+        raise ValueError(f"max_batches must be >= 1 or None, got {max_batches}")
+    device = torch.device(device) if device is not None else _model_device(model)
+    modes = [(m, m.training) for m in model.modules()]  # per-module, so mixed modes survive
     model.eval()
     feats, labels = [], []
     try:
-        for batch in loader:
+        for i, batch in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
             x, y = batch[0], batch[1]
-            feats.append(model(x.to(device)).float().flatten(1).cpu())
+            feats.append(model(x.to(device, non_blocking=True)).flatten(1).to("cpu", dtype))
             labels.append(torch.as_tensor(y).cpu())
     finally:
-        model.train(was_training)
+        for m, mode in modes:
+            m.training = mode
     if not feats:
         raise ValueError("the loader yielded no batches; nothing to extract")
     return torch.cat(feats), torch.cat(labels)

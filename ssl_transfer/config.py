@@ -36,12 +36,24 @@ from .errors import ConfigError
 class DataConfig:
     """Dataset, splits, views and loaders."""
 
-    name: Literal["fashion_mnist", "digits"] = "fashion_mnist"
-    #: Folder holding the dataset files; None searches $SSL_TRANSFER_DATA, then the
-    #: Debian package folder (/usr/share/datasets/fashion-mnist).
+    #: Dataset; docs/datasets.md lists the files each one expects under ``root``.
+    name: Literal["fashion_mnist", "digits", "cifar10", "cifar100", "stl10", "imagenet", "imagenet100",
+                  "image_folder"] = "fashion_mnist"
+    #: Folder holding the dataset files; None searches $SSL_TRANSFER_DATA, then (Fashion-MNIST)
+    #: the Debian package folder (/usr/share/datasets/fashion-mnist).
     root: str | None = None
-    #: Let torchvision download the dataset into ``root`` when it is missing (needs internet).
+    #: Let torchvision download the dataset into ``root`` when it is missing (needs internet;
+    #: Fashion-MNIST, CIFAR-10/100 and STL-10 only).
     download: bool = False
+    #: imagenet, imagenet100, image_folder: text file with one class folder name (wnid) per line;
+    #: only these classes are read. None: all classes (imagenet100: the CMC list shipped in
+    #: ssl_transfer/data/imagenet100.txt).
+    class_list: str | None = None
+    #: STL-10: add the 100k unlabeled images to SSL training and transfer (never to evaluation).
+    unlabeled: bool = True
+    #: Side of the square images the models see; None: the dataset's own (28 Fashion-MNIST,
+    #: 8 digits, 32 CIFAR, 96 STL-10, 224 ImageNet and image folders).
+    input_size: int | None = None
     #: Images of the official training split held out for every selection decision.
     val_size: int = 5000
     #: Seed of the train/val split; fixed independently of ``seed`` so all runs share it.
@@ -57,14 +69,19 @@ class DataConfig:
     num_workers: int = 1
     #: Augmented views per image; views are stacked [view0 of all images; view1 of all; ...].
     views: int = 2
+    #: View augmentations below: None takes the preset of the dataset and source.method
+    #: (ssl_transfer/data/views.py; Fashion-MNIST: 0.25, 0.8, 0.5, 0.5, 0.0, 0.0 in this order).
     #: Smallest crop area of RandomResizedCrop (lightly's SimCLRTransform ``min_scale``).
-    min_scale: float = 0.25
+    min_scale: float | None = None
     #: Colour-jitter probability and strength (brightness/contrast on grayscale images).
-    cj_prob: float = 0.8
-    cj_strength: float = 0.5
-    hf_prob: float = 0.5
-    random_gray_scale: float = 0.0
-    gaussian_blur: float = 0.0
+    cj_prob: float | None = None
+    cj_strength: float | None = None
+    #: Probability of a horizontal flip.
+    hf_prob: float | None = None
+    #: Probability of converting a view to grayscale.
+    random_gray_scale: float | None = None
+    #: Probability of a Gaussian blur.
+    gaussian_blur: float | None = None
 
 
 @dataclass
@@ -233,7 +250,7 @@ def _check_ranges(cfg: RunConfig) -> None:
         if flat[key] < 0:
             raise ConfigError(f"{key} = {flat[key]} must be >= 0")
     for key in _UNIT_INTERVAL:
-        if not 0 <= flat[key] <= 1:
+        if flat[key] is not None and not 0 <= flat[key] <= 1:  # None: dataset preset (data.*)
             raise ConfigError(f"{key} = {flat[key]} must lie in [0, 1]")
     if cfg.data.batch_size < 2:
         raise ConfigError(
@@ -245,8 +262,13 @@ def _check_ranges(cfg: RunConfig) -> None:
             f"data.views = {cfg.data.views}: SimCLR and the transfer stage need at least 2 "
             "views per image; set data.views >= 2"
         )
-    if not 0 < cfg.data.min_scale <= 1:
+    if cfg.data.min_scale is not None and not 0 < cfg.data.min_scale <= 1:
         raise ConfigError(f"data.min_scale = {cfg.data.min_scale} must lie in (0, 1]")
+    if cfg.data.input_size is not None and cfg.data.input_size < 2:
+        raise ConfigError(f"data.input_size = {cfg.data.input_size} must be >= 2 or null (the dataset's size)")
+    if cfg.data.class_list is not None and cfg.data.name not in ("imagenet", "imagenet100", "image_folder"):
+        raise ConfigError(f"data.class_list applies to imagenet, imagenet100 and image_folder, not "
+                          f"{cfg.data.name}; remove data.class_list")
     for key in ("train_subset", "eval_train_subset", "test_subset"):
         value = getattr(cfg.data, key)
         if value is not None and value < 2:

@@ -81,6 +81,7 @@ def make_trainer(cfg: RunConfig, out_dir: Path, stage: str, max_steps: int) -> L
                                    save_top_k=0, save_on_train_epoch_end=True)],
         num_sanity_val_steps=0,
         limit_val_batches=0,
+        use_distributed_sampler=False,  # EpochSampler shards across processes itself
     )
 
 
@@ -250,7 +251,7 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, overwrite: bool = False,
     out_dir = Path(out_dir)
     total_start = time.perf_counter()
     # everything that can fail on bad input happens before the output directory is touched
-    bundle = bundle or DataBundle.from_config(cfg.data, cfg.seed)
+    bundle = bundle or DataBundle.from_config(cfg.data, cfg.seed, method=cfg.source.method)
     bundle.train_loader(cfg.seed)  # validates the batch size against the data
     loaded = load_teacher(cfg, teacher_path, bundle) if teacher_path else None
     prepare_out_dir(out_dir, overwrite)

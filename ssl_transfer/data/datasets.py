@@ -1,10 +1,15 @@
-"""Torch datasets over raw arrays, the train/val split, and the data bundle used by stages.
+"""Torch datasets over a source, the train/val split, and the data bundle used by stages.
 
 Conventions: a training batch is a dict with ``views`` (a list of ``data.views`` tensors of
-shape (b, C, H, W)), ``label`` (b,), ``index`` (b,) (position in the training split) and,
-when asked for, ``clean`` (b, C, H, W), the un-augmented image. Stages stack the views as
-``torch.cat(views)`` = [view0 of all images; view1 of all images; ...]. Evaluation uses the
-un-augmented, normalised images, precomputed once as a tensor.
+shape (b, C, H, W)), ``label`` (b,) (-1 for unlabeled images), ``index`` (b,) (position in the
+training split) and, when asked for, ``clean`` (b, C, H, W), the un-augmented image. Stages
+stack the views as ``torch.cat(views)`` = [view0 of all images; view1 of all images; ...].
+Evaluation batches are tuples ``(x (b, C, H, W), y (b,))`` of un-augmented, normalised images.
+
+Un-augmented ("clean") images: for array-backed sources at their stored size, ToTensor +
+Normalize, computed in one vectorised step per batch (:func:`normalise`); at another
+``data.input_size``, Resize(input_size) first. For file-backed sources (ImageNet, image
+folders), Resize(round(input_size / 0.875)) + CenterCrop(input_size) (256/224 at 224).
 """
 
 from __future__ import annotations
@@ -15,12 +20,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 from torchvision import transforms as T
 
 from ..config import DataConfig
 from ..errors import DataError
-from .sources import RawDataset, load_raw
+from ..sampling import EpochSampler, SeededDataset
+from .base import Source
+from .sources import load_source
 from .views import multi_view_transform
 
 
@@ -37,17 +44,91 @@ class ArrayDataset(Dataset):
         self.labels = labels
         self.transform = transform
         self.clean = clean
-        self.mode = "L" if images.ndim == 3 else "RGB"
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int) -> dict:
-        img = Image.fromarray(self.images[i], mode=self.mode)
+        img = Image.fromarray(np.ascontiguousarray(self.images[i]))
         item = {"views": self.transform(img), "label": int(self.labels[i]), "index": i}
         if self.clean is not None:
             item["clean"] = self.clean(img)
         return item
+
+
+class ViewDataset(Dataset):
+    """Training images of a source as dicts ``{views, label, index[, clean]}``, read on demand.
+
+    ``pool`` indexes the source's training pool: ``i < n_train`` is training image i, larger
+    values are unlabeled image ``i - n_train`` (label -1). ``index`` in an item is the position
+    in ``pool``.
+    """
+
+    def __init__(self, source: Source, pool: np.ndarray, transform: Callable, clean: Callable | None = None):
+        self.source = source
+        self.pool = pool
+        self.n_train = source.count("train")
+        self.labels = _pool_labels(source, pool)
+        self.transform = transform
+        self.clean = clean
+
+    def __len__(self) -> int:
+        return len(self.pool)
+
+    def __getitem__(self, k: int) -> dict:
+        i = int(self.pool[k])
+        img = self.source.pil("train", i) if i < self.n_train else self.source.pil("unlabeled", i - self.n_train)
+        item = {"views": self.transform(img), "label": int(self.labels[k]), "index": k}
+        if self.clean is not None:
+            item["clean"] = self.clean(img)
+        return item
+
+
+class EvalDataset(Dataset):
+    """``(x (C, H, W), y)`` of a split, each image read and transformed on demand."""
+
+    def __init__(self, source: Source, split: str, idx: np.ndarray, transform: Callable):
+        self.source, self.split, self.idx, self.transform = source, split, idx, transform
+        self.n_train = source.count("train")
+        self.labels = _pool_labels(source, idx) if split == "train" else source.labels("test")[idx]
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, int]:
+        i = int(self.idx[k])
+        if self.split == "test":
+            img = self.source.pil("test", i)
+        else:
+            img = self.source.pil("train", i) if i < self.n_train else self.source.pil("unlabeled", i - self.n_train)
+        return self.transform(img), int(self.labels[k])
+
+
+class ArrayBatchDataset(Dataset):
+    """Batches ``(x (b, C, H, W), y (b,))`` of normalised arrays; item = a list of positions.
+
+    Used with a BatchSampler (``batch_size=None`` in the DataLoader): each batch is normalised
+    in one vectorised step, bit-identical to the rows of :meth:`DataBundle.clean_tensor`.
+    """
+
+    def __init__(self, gather: Callable[[np.ndarray], np.ndarray], labels: np.ndarray,
+                 mean: list[float], std: list[float]):
+        self.gather, self.labels, self.mean, self.std = gather, labels, mean, std
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, positions: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        pos = np.asarray(positions)
+        return normalise(self.gather(pos), self.mean, self.std), torch.from_numpy(self.labels[pos])
+
+
+def _pool_labels(source: Source, pool: np.ndarray) -> np.ndarray:
+    n_train = source.count("train")
+    labels = np.full(len(pool), -1, dtype=np.int64)
+    labelled = pool < n_train
+    labels[labelled] = source.labels("train")[pool[labelled]]
+    return labels
 
 
 def split_train_val(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -80,33 +161,43 @@ def normalise(images: np.ndarray, mean: list[float], std: list[float]) -> torch.
 class DataBundle:
     """The splits of one dataset and the loaders every stage uses.
 
-    ``train``: images for SSL training and transfer (official train minus val, optionally
-    subset). ``eval_train``: images whose frozen features fit the linear probe and form the
-    kNN bank. ``val``: held-out part of the official training split, for every selection.
+    ``train``: images for SSL training and transfer (official train minus val, plus the
+    unlabeled images of STL-10 when ``data.unlabeled``, optionally subset). Its indices address
+    the training pool: ``i < n`` is official training image i, ``i >= n`` unlabeled image i - n.
+    ``eval_train``: labelled images whose frozen features fit the linear probe and form the kNN
+    bank. ``val``: held-out part of the official training split, for every selection.
     ``test``: the official test split, evaluated once at the end.
+    ``method``: the SSL method whose views ``train_loader`` draws (``simclr`` or ``mocov2``).
     """
 
     cfg: DataConfig
-    raw: RawDataset
+    raw: Source
     train_idx: np.ndarray
     eval_train_idx: np.ndarray
     val_idx: np.ndarray
     test_idx: np.ndarray
+    method: str = "simclr"
 
     @classmethod
-    def from_config(cls, cfg: DataConfig, seed: int) -> DataBundle:
-        raw = load_raw(cfg.name, cfg.root, cfg.download)
-        if len(np.unique(raw.train_labels)) < 2:
+    def from_config(cls, cfg: DataConfig, seed: int, method: str = "simclr") -> DataBundle:
+        raw = load_source(cfg)
+        n_train = raw.count("train")
+        if len(np.unique(raw.labels("train"))) < 2:
             raise DataError(f"dataset '{cfg.name}' has fewer than 2 classes; evaluation needs at least 2")
-        train_idx, val_idx = split_train_val(len(raw.train_images), cfg.val_size, cfg.split_seed)
-        test_idx = _subset(np.arange(len(raw.test_images)), cfg.test_subset, cfg.split_seed)
+        train_idx, val_idx = split_train_val(n_train, cfg.val_size, cfg.split_seed)
+        pool = train_idx
+        n_unlabeled = raw.count("unlabeled")
+        if n_unlabeled:
+            pool = np.concatenate([train_idx, n_train + np.arange(n_unlabeled)])
+        test_idx = _subset(np.arange(raw.count("test")), cfg.test_subset, cfg.split_seed)
         return cls(
             cfg=cfg,
             raw=raw,
-            train_idx=_subset(train_idx, cfg.train_subset, cfg.split_seed + 1),
+            train_idx=_subset(pool, cfg.train_subset, cfg.split_seed + 1),
             eval_train_idx=_subset(train_idx, cfg.eval_train_subset, cfg.split_seed + 2),
             val_idx=val_idx,
             test_idx=test_idx,
+            method=method,
         )
 
     @property
@@ -119,52 +210,132 @@ class DataBundle:
 
     @property
     def image_size(self) -> int:
-        return self.raw.image_size
+        """Side of the images the models see: ``data.input_size`` or the dataset's default."""
+        return self.cfg.input_size or self.raw.default_input_size
+
+    @property
+    def array_backed(self) -> bool:
+        return self.raw.array_backed
 
     def sizes(self) -> dict[str, int]:
-        return {
+        out = {
             "train": len(self.train_idx), "eval_train": len(self.eval_train_idx),
             "val": len(self.val_idx), "test": len(self.test_idx),
         }
+        n_unlabeled = int((self.train_idx >= self.raw.count("train")).sum())
+        if n_unlabeled:
+            out["train_unlabeled"] = n_unlabeled  # included in "train"
+        return out
 
-    def view_dataset(self, clean: bool = False) -> ArrayDataset:
-        """Training images with ``data.views`` augmented views each (and the clean image)."""
+    # ---- transforms ------------------------------------------------------------------
+
+    def _resized(self) -> bool:
+        return not self.array_backed or self.image_size != self.raw.image_size
+
+    def eval_transform(self) -> Callable:
+        """PIL image -> normalised, un-augmented (C, image_size, image_size) tensor."""
+        size = self.image_size
+        if not self.array_backed:
+            resize = [T.Resize(round(size / 0.875)), T.CenterCrop(size)]
+        elif size != self.raw.image_size:
+            resize = [T.Resize((size, size))]
+        else:
+            resize = []
+        return T.Compose([*resize, T.ToTensor(), T.Normalize(self.raw.mean, self.raw.std)])
+
+    def view_transform(self, method: str | None = None) -> Callable:
         c = self.cfg
-        transform = multi_view_transform(
+        return multi_view_transform(
             views=c.views, input_size=self.image_size, mean=self.raw.mean, std=self.raw.std,
-            min_scale=c.min_scale, cj_prob=c.cj_prob, cj_strength=c.cj_strength,
-            hf_prob=c.hf_prob, random_gray_scale=c.random_gray_scale, gaussian_blur=c.gaussian_blur,
+            min_scale=c.min_scale, cj_prob=c.cj_prob, cj_strength=c.cj_strength, hf_prob=c.hf_prob,
+            random_gray_scale=c.random_gray_scale, gaussian_blur=c.gaussian_blur,
+            method=method or self.method, dataset=self.raw.name,
         )
-        clean_tf = T.Compose([T.ToTensor(), T.Normalize(self.raw.mean, self.raw.std)]) if clean else None
-        return ArrayDataset(self.raw.train_images[self.train_idx], self.raw.train_labels[self.train_idx],
-                            transform, clean_tf)
 
-    def train_loader(self, seed: int, clean: bool = False) -> DataLoader:
+    # ---- training --------------------------------------------------------------------
+
+    def view_dataset(self, clean: bool = False, method: str | None = None) -> ViewDataset:
+        """Training images with ``data.views`` augmented views each (and the clean image)."""
+        return ViewDataset(self.raw, self.train_idx, self.view_transform(method),
+                           self.eval_transform() if clean else None)
+
+    def train_loader(self, seed: int, clean: bool = False, method: str | None = None) -> DataLoader:
+        """Shuffled batches of augmented views (views of ``method``, default ``self.method``).
+
+        Use ``trainer.use_distributed_sampler=False`` with it: :class:`EpochSampler` shards the
+        data across DDP processes itself.
+        """
         if len(self.train_idx) < self.cfg.batch_size:
             raise DataError(
                 f"data.batch_size = {self.cfg.batch_size} exceeds the {len(self.train_idx)} training "
                 "images; lower data.batch_size or use more data (data.train_subset)"
             )
+        # batches are a pure function of (seed, epoch, position): independent of the number of
+        # workers and of DDP ranks' scheduling, and resumable mid-epoch (ssl_transfer.sampling)
+        dataset = SeededDataset(self.view_dataset(clean, method), seed)
         return DataLoader(
-            self.view_dataset(clean),
+            dataset,
             batch_size=self.cfg.batch_size,
-            shuffle=True,
+            sampler=EpochSampler(len(dataset), seed),
             drop_last=True,
             num_workers=self.cfg.num_workers,
             persistent_workers=self.cfg.num_workers > 0,
-            generator=torch.Generator().manual_seed(seed),
         )
 
-    def clean_tensor(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised, un-augmented images and labels of a split (train/eval_train/val/test)."""
+    # ---- evaluation ------------------------------------------------------------------
+
+    def _split(self, split: str) -> tuple[str, np.ndarray]:
+        """(source split, indices) of a bundle split; train indices address the training pool."""
         if split == "test":
-            images, labels, idx = self.raw.test_images, self.raw.test_labels, self.test_idx
-        else:
-            idx = {"train": self.train_idx, "eval_train": self.eval_train_idx, "val": self.val_idx}[split]
-            images, labels = self.raw.train_images, self.raw.train_labels
-        x = normalise(images[idx], self.raw.mean, self.raw.std)
-        return x, torch.from_numpy(labels[idx])
+            return "test", self.test_idx
+        idx = {"train": self.train_idx, "eval_train": self.eval_train_idx, "val": self.val_idx}.get(split)
+        if idx is None:
+            raise ValueError(f"split must be train, eval_train, val or test, got {split!r}")
+        return "train", idx
+
+    def _gather(self, source_split: str, idx: np.ndarray) -> np.ndarray:
+        """uint8 images (len(idx), H, W[, C]) of an array-backed source (pool indices for train)."""
+        if source_split == "test":
+            return np.asarray(self.raw.test_images[idx])
+        n_train = self.raw.count("train")
+        labelled = idx < n_train
+        if labelled.all():
+            return np.asarray(self.raw.train_images[idx])
+        out = np.empty((len(idx), *self.raw.train_images.shape[1:]), dtype=np.uint8)
+        out[labelled] = self.raw.train_images[idx[labelled]]
+        out[~labelled] = self.raw.unlabeled_images[idx[~labelled] - n_train]
+        return out
+
+    def _labels(self, source_split: str, idx: np.ndarray) -> np.ndarray:
+        return self.raw.labels("test")[idx] if source_split == "test" else _pool_labels(self.raw, idx)
+
+    def clean_tensor(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised, un-augmented images and labels of a split (train/eval_train/val/test).
+
+        Array-backed sources only (it holds the whole split in memory); use :meth:`eval_loader`
+        for any source.
+        """
+        if not self.array_backed:
+            raise DataError(
+                f"clean_tensor is not offered for the file-backed dataset '{self.raw.name}' (it would "
+                "load every image into memory); iterate eval_loader(split) instead"
+            )
+        source_split, idx = self._split(split)
+        labels = torch.from_numpy(self._labels(source_split, idx))
+        if self._resized():
+            ds = EvalDataset(self.raw, source_split, idx, self.eval_transform())
+            x = torch.stack([ds[k][0] for k in range(len(ds))]) if len(ds) else torch.zeros(0)
+            return x, labels
+        return normalise(self._gather(source_split, idx), self.raw.mean, self.raw.std), labels
 
     def eval_loader(self, split: str) -> DataLoader:
-        x, y = self.clean_tensor(split)
-        return DataLoader(TensorDataset(x, y), batch_size=self.cfg.eval_batch_size, shuffle=False)
+        """``(x, y)`` batches of a split in order, un-augmented (``eval_transform``), streamed."""
+        source_split, idx = self._split(split)
+        if self.array_backed and not self._resized():
+            ds = ArrayBatchDataset(lambda pos: self._gather(source_split, idx[pos]),
+                                   self._labels(source_split, idx), self.raw.mean, self.raw.std)
+            sampler = BatchSampler(SequentialSampler(ds), self.cfg.eval_batch_size, drop_last=False)
+            return DataLoader(ds, sampler=sampler, batch_size=None)
+        return DataLoader(EvalDataset(self.raw, source_split, idx, self.eval_transform()),
+                          batch_size=self.cfg.eval_batch_size, shuffle=False,
+                          num_workers=self.cfg.num_workers)

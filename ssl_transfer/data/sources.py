@@ -8,19 +8,27 @@ torchvision happens only when ``data.download`` is true.
 
 ``digits`` is scikit-learn's bundled 8x8 digits set (1797 images), split 80/20 with a fixed
 seed; it needs no install.
+
+``cifar10``/``cifar100`` (cifar.py), ``stl10`` (stl10.py) and ``imagenet``/``imagenet100``/
+``image_folder`` (folders.py) read their official on-disk formats; docs/datasets.md lists what
+each expects where. :func:`load_source` builds the source a :class:`DataConfig` names.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DataError
+from .base import FileDataset, RawDataset, Source  # noqa: F401  (re-exported)
+from .cifar import load_cifar
+from .folders import load_image_folder
 from .idx import read_idx
+from .stl10 import load_stl10
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_FILES = {
@@ -33,30 +41,6 @@ FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]
-
-
-@dataclass
-class RawDataset:
-    """Images as uint8 arrays of shape (n, H, W) or (n, H, W, C), labels as int64 (n,)."""
-
-    name: str
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    test_images: np.ndarray
-    test_labels: np.ndarray
-    classes: list[str]
-    #: Per-channel mean and std of the training images in [0, 1], for normalisation.
-    mean: list[float]
-    std: list[float]
-    location: str
-
-    @property
-    def channels(self) -> int:
-        return 1 if self.train_images.ndim == 3 else self.train_images.shape[-1]
-
-    @property
-    def image_size(self) -> int:
-        return int(self.train_images.shape[1])
 
 
 def _find_file(folder: Path, stem: str) -> Path | None:
@@ -167,13 +151,30 @@ def load_digits_dataset(root: str | None = None, download: bool = False) -> RawD
     )
 
 
-SOURCES: dict[str, Callable[..., RawDataset]] = {
+SOURCES: dict[str, Callable[..., Source]] = {
     "fashion_mnist": load_fashion_mnist,
     "digits": load_digits_dataset,
+    "cifar10": partial(load_cifar, "cifar10"),
+    "cifar100": partial(load_cifar, "cifar100"),
+    "stl10": load_stl10,
+    "imagenet": partial(load_image_folder, "imagenet"),
+    "imagenet100": partial(load_image_folder, "imagenet100"),
+    "image_folder": partial(load_image_folder, "image_folder"),
 }
+#: Options each source takes beyond root and download (the matching DataConfig keys).
+SOURCE_OPTIONS = {"stl10": ("unlabeled",), "imagenet": ("class_list",), "imagenet100": ("class_list",),
+                  "image_folder": ("class_list",)}
 
 
-def load_raw(name: str, root: str | None = None, download: bool = False) -> RawDataset:
+def load_raw(name: str, root: str | None = None, download: bool = False, **options) -> Source:
+    """The source ``name``; ``options`` not taken by that source (see SOURCE_OPTIONS) are ignored."""
     if name not in SOURCES:
         raise DataError(f"unknown dataset '{name}'; use one of {', '.join(SOURCES)}")
-    return SOURCES[name](root=root, download=download)
+    kwargs = {k: v for k, v in options.items() if k in SOURCE_OPTIONS.get(name, ())}
+    return SOURCES[name](root=root, download=download, **kwargs)
+
+
+def load_source(cfg) -> Source:
+    """The source a :class:`~ssl_transfer.config.DataConfig` names."""
+    return load_raw(cfg.name, cfg.root, cfg.download, class_list=cfg.class_list, unlabeled=cfg.unlabeled)
+

@@ -1,0 +1,102 @@
+"""Reproducible, resumable training data order and augmentation.
+
+Two pieces make every training batch a pure function of ``(seed, epoch, position)``:
+
+- :class:`EpochSampler` draws the permutation of epoch ``e`` from ``seed + e`` (shared by all
+  processes), gives each DDP process its own equal-length slice, and yields *keys*
+  ``e * n + i`` instead of bare indices ``i``. ``skip`` drops the first samples of the next
+  iteration: resuming mid-epoch continues exactly where the interrupted run stopped.
+- :class:`SeededDataset` decodes a key into ``(epoch, i)`` and seeds Python's, NumPy's and
+  PyTorch's RNGs from ``(seed, epoch, i)`` around the wrapped dataset's ``__getitem__``, so the
+  random augmentation of image ``i`` in epoch ``e`` does not depend on the number of loader
+  workers, on which worker loads it, or on what was loaded before.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset, Sampler
+
+
+def _mix(*parts: int) -> int:
+    """A 63-bit seed from integers (SplitMix64 steps), stable across processes and runs."""
+    x = 0x9E3779B97F4A7C15
+    for p in parts:
+        x = (x ^ (p & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        x = (x ^ (x >> 27)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 31
+    return x & 0x7FFFFFFFFFFFFFFF
+
+
+class SeededDataset(Dataset):
+    """Wraps ``dataset`` (n items); item key ``e * n + i`` is item ``i`` under RNGs seeded by
+    ``(seed, e, i)``. The caller's RNG states are restored afterwards."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset = dataset
+        self.seed = int(seed)
+        self.n = len(dataset)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, key: int):
+        epoch, i = divmod(int(key), self.n)
+        s = _mix(self.seed, epoch, i)
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            random.seed(s)
+            np.random.seed(s % 2**32)
+            torch.manual_seed(s)
+            try:
+                return self.dataset[i]
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
+
+
+class EpochSampler(Sampler[int]):
+    """Per-epoch permutation of ``range(n)`` from ``seed + epoch``; yields keys ``epoch * n + i``.
+
+    Under ``torch.distributed`` each of the k processes takes every k-th item of the
+    permutation (truncated to a multiple of k, so all get the same count). ``set_epoch`` is
+    called by Lightning at every epoch start; ``skip`` (items, per process) applies once.
+    """
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True):
+        self.n, self.seed, self.shuffle = int(n), int(seed), shuffle
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    @staticmethod
+    def _world() -> tuple[int, int]:
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def __len__(self) -> int:
+        return self.n // self._world()[1]
+
+    def indices(self, epoch: int) -> list[int]:
+        """This process's item indices of ``epoch`` (before ``skip``)."""
+        if self.shuffle:
+            g = torch.Generator().manual_seed(_mix(self.seed, epoch))
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        rank, world = self._world()
+        per = self.n // world
+        return order[rank: per * world: world]
+
+    def __iter__(self) -> Iterator[int]:
+        skip, self.skip = self.skip, 0
+        base = self.epoch * self.n
+        return iter([base + i for i in self.indices(self.epoch)[skip:]])
