@@ -1,6 +1,6 @@
 """``ssl-transfer`` command line.
 
-    ssl-transfer run CONFIG [--set key=value ...] [--out DIR] [--overwrite] [--debug]
+    ssl-transfer run CONFIG [--set key=value ...] [--out DIR] [--overwrite | --resume] [--debug]
     ssl-transfer transfer CONFIG --teacher TEACHER.pt [--set ...] [--out DIR] [--overwrite]
     ssl-transfer eval CHECKPOINT --config CONFIG [--set ...] [--out FILE.json]
 
@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
         _common(q)
         q.add_argument("--out", help="output directory (default: runs/<config name>)")
         q.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+        q.add_argument("--resume", action="store_true",
+                       help="continue the interrupted run in --out from its last checkpoint")
     t.add_argument("--teacher", required=True, help="teacher.pt written by an earlier run")
     e = sub.add_parser("eval", help="linear probe, kNN and retrieval of a saved backbone")
     e.add_argument("checkpoint", help="teacher.pt or student.pt of a run")
@@ -50,8 +52,14 @@ def _run(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     from .pipeline import check_out_dir, run
 
-    check_out_dir(out, args.overwrite)  # fail before loading data or training
-    results = run(cfg, out, overwrite=args.overwrite, teacher_path=getattr(args, "teacher", None))
+    if args.resume and args.overwrite:
+        from .errors import ConfigError
+
+        raise ConfigError("--resume and --overwrite contradict each other; pass one of them")
+    if not args.resume:
+        check_out_dir(out, args.overwrite)  # fail before loading data or training
+    results = run(cfg, out, overwrite=args.overwrite, teacher_path=getattr(args, "teacher", None),
+                  resume=args.resume)
     from .report import report_markdown
 
     print(report_markdown(results))

@@ -194,6 +194,9 @@ class TrainerConfig:
     num_threads: int | None = None
     deterministic: bool = False
     log_every_n_steps: int = 10
+    #: Write checkpoints/<stage>/last.ckpt every this many optimizer steps (0: at epoch ends
+    #: only); ``--resume`` continues from it.
+    checkpoint_every_n_steps: int = 50
     enable_progress_bar: bool = True
 
 
@@ -229,7 +232,7 @@ _AT_LEAST_ONE = {
 }
 _NON_NEGATIVE = {
     "transfer.rkd_dist_weight", "transfer.rkd_angle_weight", "transfer.memory_size",
-    "data.val_size", "data.num_workers", "source.weight_decay", "source.momentum",
+    "data.val_size", "data.num_workers", "trainer.checkpoint_every_n_steps", "source.weight_decay", "source.momentum",
     "transfer.weight_decay", "transfer.momentum",
 }
 _UNIT_INTERVAL = {

@@ -32,8 +32,9 @@ from linear_eval import extract_features, knn_accuracy, linear_probe
 from . import __version__
 from .config import RunConfig
 from .data import DataBundle
-from .errors import OutputExistsError
+from .errors import NonFiniteError, OutputExistsError
 from .io import atomic_write_text, save_model
+from .sampling import EpochSampler
 from .stages.base import steps_for
 from .stages.pretrain import SimCLRModule
 from .stages.transfer import FrozenTeacher, Student, TransferModule, build_student
@@ -76,9 +77,12 @@ def make_trainer(cfg: RunConfig, out_dir: Path, stage: str, max_steps: int) -> L
         log_every_n_steps=t.log_every_n_steps,
         enable_progress_bar=t.enable_progress_bar,
         enable_model_summary=False,
-        logger=CSVLogger(save_dir=str(out_dir / "logs"), name=stage, version=""),
+        # rows reach the disk as they are logged, so a killed run keeps its curve up to the kill
+        logger=CSVLogger(save_dir=str(out_dir / "logs"), name=stage, version="",
+                         flush_logs_every_n_steps=t.log_every_n_steps),
         callbacks=[ModelCheckpoint(dirpath=str(out_dir / "checkpoints" / stage), save_last=True,
-                                   save_top_k=0, save_on_train_epoch_end=True)],
+                                   save_top_k=0, save_on_train_epoch_end=True, enable_version_counter=False,
+                                   every_n_train_steps=t.checkpoint_every_n_steps or None)],
         num_sanity_val_steps=0,
         limit_val_batches=0,
         use_distributed_sampler=False,  # EpochSampler shards across processes itself
@@ -86,13 +90,49 @@ def make_trainer(cfg: RunConfig, out_dir: Path, stage: str, max_steps: int) -> L
 
 
 def _fit(cfg: RunConfig, out_dir: Path, stage: str, module: L.LightningModule, loader,
-         epochs: float, seed: int) -> float:
+         epochs: float, seed: int, resume: bool = False) -> float:
+    """Train ``module`` for ``epochs``; with ``resume`` continue from the stage's last.ckpt.
+
+    Resuming restores weights, optimiser, scheduler, loop counters and every persistent buffer
+    (Lightning), continues the data stream at the checkpoint's exact position (EpochSampler;
+    augmentations are seeded per sample) and keeps the CSV log rows written before the kill.
+    """
     L.seed_everything(seed, workers=True, verbose=False)
     steps = steps_for(epochs, len(loader))
     trainer = make_trainer(cfg, out_dir, stage, steps)
+    sampler = getattr(loader, "sampler", None)
+    if isinstance(sampler, EpochSampler):
+        per_epoch = len(loader)
+        sampler.position = lambda: (trainer.current_epoch,
+                                    (trainer.global_step - trainer.current_epoch * per_epoch) * loader.batch_size)
+    ckpt = out_dir / "checkpoints" / stage / "last.ckpt"
+    ckpt_path = str(ckpt) if resume and ckpt.is_file() else None
+    log_file = out_dir / "logs" / stage / "metrics.csv"
+    old_log = log_file.read_text() if ckpt_path and log_file.is_file() else None
     start = time.perf_counter()
-    trainer.fit(module, train_dataloaders=loader)
-    return time.perf_counter() - start
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
+    seconds = time.perf_counter() - start
+    if old_log is not None:
+        _merge_logs(log_file, old_log)
+    return seconds
+
+
+def _merge_logs(log_file: Path, old_text: str) -> None:
+    """Lightning's CSV logger starts a fresh file on resume: put back the rows logged before the
+    checkpoint (steps below the first step logged after resuming)."""
+    import csv
+    import io
+
+    new_rows = list(csv.DictReader(io.StringIO(log_file.read_text()))) if log_file.is_file() else []
+    old_rows = list(csv.DictReader(io.StringIO(old_text)))
+    first_new = min((int(r["step"]) for r in new_rows), default=None)
+    kept = [r for r in old_rows if first_new is None or int(r["step"]) < first_new]
+    fields = sorted({k for r in kept + new_rows for k in r})
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(kept + new_rows)
+    atomic_write_text(log_file, buf.getvalue())
 
 
 def evaluate_checkpoint(path: str | os.PathLike, cfg: RunConfig) -> dict[str, Any]:
@@ -174,16 +214,21 @@ def _versions() -> dict[str, str]:
     }
 
 
-def pretrain_teacher(cfg: RunConfig, bundle: DataBundle, out_dir: Path) -> tuple[SimCLRModule, float]:
+def _extra(cfg: RunConfig, bundle: DataBundle) -> dict[str, Any]:
+    return {"dataset": cfg.data.name, "mean": bundle.raw.mean, "std": bundle.raw.std,
+            "image_size": bundle.image_size}
+
+
+def pretrain_teacher(cfg: RunConfig, bundle: DataBundle, out_dir: Path,
+                     resume: bool = False) -> tuple[SimCLRModule, float]:
     """Source stage: a SimCLR teacher trained for ``source.epochs``; saved as teacher.pt."""
     loader = bundle.train_loader(cfg.seed)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = SimCLRModule(cfg.source, bundle.channels, cfg.data.batch_size)
-    seconds = _fit(cfg, out_dir, "source", module, loader, cfg.source.epochs, cfg.seed)
+    seconds = _fit(cfg, out_dir, "source", module, loader, cfg.source.epochs, cfg.seed, resume)
     module.cpu()
     save_model(out_dir / "teacher.pt", module.backbone, module.spec,
-               extra={"projection_head": module.projection_head.state_dict(), "dataset": cfg.data.name,
-                      "mean": bundle.raw.mean, "std": bundle.raw.std, "image_size": bundle.image_size})
+               extra={"projection_head": module.projection_head.state_dict(), **_extra(cfg, bundle)})
     return module, seconds
 
 
@@ -199,22 +244,30 @@ def load_teacher(cfg: RunConfig, path: str | os.PathLike, bundle: DataBundle) ->
                               f"{module.spec.to_dict()}; set source.backbone/stem to match")
     module.backbone.load_state_dict(backbone.state_dict())
     if "projection_head" in payload:
-        module.projection_head.load_state_dict(payload["projection_head"])
+        try:
+            module.projection_head.load_state_dict(payload["projection_head"])
+        except RuntimeError:
+            raise CheckpointError(f"teacher '{path}' has a projection head of another size than "
+                                  "source.proj_hidden_dim/proj_out_dim; set them to the teacher's") from None
     return module
 
 
 def continue_teacher(cfg: RunConfig, teacher: SimCLRModule, bundle: DataBundle,
-                     out_dir: Path) -> tuple[SimCLRModule, float]:
-    """Control: a copy of the teacher trained ``transfer.epochs`` more with its own SSL loss."""
+                     out_dir: Path, resume: bool = False) -> tuple[SimCLRModule, float]:
+    """Control: a copy of the teacher trained ``transfer.epochs`` more with its own SSL loss;
+    saved as teacher_continued.pt."""
     loader = bundle.train_loader(cfg.seed + 1)
     module = copy.deepcopy(teacher)
     module.stage = "teacher_continued"
-    seconds = _fit(cfg, out_dir, "teacher_continued", module, loader, cfg.transfer.epochs, cfg.seed + 1)
-    return module.cpu(), seconds
+    seconds = _fit(cfg, out_dir, "teacher_continued", module, loader, cfg.transfer.epochs, cfg.seed + 1, resume)
+    module.cpu()
+    save_model(out_dir / "teacher_continued.pt", module.backbone, module.spec,
+               extra={"projection_head": module.projection_head.state_dict(), **_extra(cfg, bundle)})
+    return module, seconds
 
 
 def transfer_student(cfg: RunConfig, teacher: SimCLRModule, bundle: DataBundle, out_dir: Path,
-                     name: str = "transfer") -> tuple[Student, dict[str, float]]:
+                     name: str = "transfer", resume: bool = False) -> tuple[Student, dict[str, float]]:
     """Transfer stage: a student trained by ``transfer.loss`` on the frozen teacher; saved as
     ``student.pt`` (``<name>.pt`` for other names)."""
     tc = cfg.transfer
@@ -232,21 +285,75 @@ def transfer_student(cfg: RunConfig, teacher: SimCLRModule, bundle: DataBundle, 
     teacher_dim = cfg.source.proj_out_dim if tc.teacher_output == "projection" else teacher.spec.feat_dim
     module = TransferModule(tc, student, frozen, cfg.data.batch_size, teacher_cache=cache,
                             teacher_dim=teacher_dim, views=cfg.data.views)
-    timings[name] = _fit(cfg, out_dir, name, module, loader, tc.epochs, cfg.seed + 2)
+    timings[name] = _fit(cfg, out_dir, name, module, loader, tc.epochs, cfg.seed + 2, resume)
     module.cpu()
-    save_model(out_dir / ("student.pt" if name == "transfer" else f"{name}.pt"), student.backbone,
-               student.spec, extra={"head": student.head.state_dict(), "embed_dim": student.embed_dim,
-                                    "dataset": cfg.data.name, "mean": bundle.raw.mean,
-                                    "std": bundle.raw.std, "image_size": bundle.image_size})
+    save_model(out_dir / _student_file(name), student.backbone, student.spec,
+               extra={"head": student.head.state_dict(), "embed_dim": student.embed_dim, **_extra(cfg, bundle)})
     return student, timings
 
 
+def _student_file(name: str) -> str:
+    return "student.pt" if name == "transfer" else f"{name}.pt"
+
+
+# -------------------------------------------------------------------------------------------
+# run state (run.json): the resolved config and the stages already finished, for --resume
+# -------------------------------------------------------------------------------------------
+
+STATE_FILE = "run.json"
+
+
+def _write_state(out_dir: Path, state: dict[str, Any]) -> None:
+    atomic_write_text(out_dir / STATE_FILE, json.dumps(state, indent=2))
+
+
+def _read_state(out_dir: Path, cfg: RunConfig) -> dict[str, Any]:
+    from .errors import ConfigError, OutputExistsError
+
+    path = out_dir / STATE_FILE
+    if not path.is_file():
+        raise OutputExistsError(f"--resume: '{out_dir}' holds no run to resume ({STATE_FILE} missing); "
+                                "start it without --resume")
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise OutputExistsError(f"--resume: '{path}' is unreadable; start the run again in a new --out") from None
+    saved, now = _flatten_cfg(state.get("config", {})), _flatten_cfg(cfg.to_dict())
+    diff = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+    if diff:
+        k = diff[0]
+        raise ConfigError(f"--resume: the config differs from the interrupted run's at '{k}' ({saved.get(k)!r} "
+                          f"there, {now.get(k)!r} now); resume with the same config and --set values")
+    return state
+
+
+def _flatten_cfg(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten_cfg(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _load_student(cfg: RunConfig, teacher: SimCLRModule, bundle: DataBundle, path: Path) -> Student:
+    from .io import load_model
+
+    backbone, payload = load_model(path)
+    student = build_student(cfg.transfer, teacher.backbone, teacher.spec, bundle.channels)
+    student.backbone.load_state_dict(backbone.state_dict())
+    student.head.load_state_dict(payload["head"])
+    return student
+
+
 def run(cfg: RunConfig, out_dir: str | os.PathLike, overwrite: bool = False,
-        bundle: DataBundle | None = None, teacher_path: str | os.PathLike | None = None) -> dict[str, Any]:
+        bundle: DataBundle | None = None, teacher_path: str | os.PathLike | None = None,
+        resume: bool = False) -> dict[str, Any]:
     """Run the whole pipeline into ``out_dir`` and return the results dict (also results.json).
 
     With ``teacher_path`` (a run's teacher.pt) the source stage is skipped and that teacher is
-    transferred (``ssl-transfer transfer``).
+    transferred (``ssl-transfer transfer``). With ``resume`` an interrupted run in ``out_dir``
+    continues: finished stages are loaded from their saved models, the interrupted stage
+    continues from its last checkpoint, and the final numbers equal an uninterrupted run's.
+    A non-finite loss stops the run with a NonFiniteError and a results.json saying so.
     """
     out_dir = Path(out_dir)
     total_start = time.perf_counter()
@@ -254,19 +361,45 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, overwrite: bool = False,
     bundle = bundle or DataBundle.from_config(cfg.data, cfg.seed, method=cfg.source.method)
     bundle.train_loader(cfg.seed)  # validates the batch size against the data
     loaded = load_teacher(cfg, teacher_path, bundle) if teacher_path else None
-    prepare_out_dir(out_dir, overwrite)
+    if resume:
+        state = _read_state(out_dir, cfg)
+    else:
+        prepare_out_dir(out_dir, overwrite)
+        state = {"config": cfg.to_dict(), "teacher_checkpoint": str(teacher_path) if teacher_path else None,
+                 "finished": {}, "status": "running"}
+        _write_state(out_dir, state)
     setup_runtime(cfg)
-    timings: dict[str, float] = {}
+    done = state["finished"]
+
+    def stage(name: str, train, load):
+        """Run (or, when finished before a --resume, load) one stage; record it in run.json."""
+        if name in done:
+            return load()
+        try:
+            product, seconds = train()
+        except NonFiniteError as e:
+            _record_failure(out_dir, state, name, e)
+            raise
+        done[name] = seconds
+        _write_state(out_dir, state)
+        return product
 
     if loaded is not None:
         teacher = loaded
     else:
-        teacher, timings["source"] = pretrain_teacher(cfg, bundle, out_dir)
+        teacher = stage("source", lambda: pretrain_teacher(cfg, bundle, out_dir, resume),
+                        lambda: load_teacher(cfg, out_dir / "teacher.pt", bundle))
     continued = None
     if cfg.controls.teacher_continued:
-        continued, timings["teacher_continued"] = continue_teacher(cfg, teacher, bundle, out_dir)
-    student, t = transfer_student(cfg, teacher, bundle, out_dir)
-    timings.update(t)
+        continued = stage("teacher_continued", lambda: continue_teacher(cfg, teacher, bundle, out_dir, resume),
+                          lambda: load_teacher(cfg, out_dir / "teacher_continued.pt", bundle))
+
+    def train_student():
+        student, t = transfer_student(cfg, teacher, bundle, out_dir, resume=resume)
+        return student, t["transfer"]
+
+    student = stage("transfer", train_student, lambda: _load_student(cfg, teacher, bundle, out_dir / "student.pt"))
+    timings: dict[str, float] = dict(done)
 
     # evaluation: every selection on val, the test split once per model, after training
     results: dict[str, Any] = {"teacher": evaluate(teacher.backbone, bundle, cfg),
@@ -278,12 +411,27 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, overwrite: bool = False,
     timings["total"] = time.perf_counter() - total_start
     results.update(run_metadata(cfg, bundle, teacher.spec, student))
     results["teacher_checkpoint"] = str(teacher_path) if teacher_path else str(out_dir / "teacher.pt")
+    results["resumed"] = bool(resume)
     results["timings_s"] = timings
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
     from .report import write_report
 
     write_report(results, out_dir)
+    state["status"] = "completed"
+    _write_state(out_dir, state)
     return results
+
+
+def _record_failure(out_dir: Path, state: dict[str, Any], stage: str, error: Exception) -> None:
+    """NaN guard: say in results.json and run.json what stopped the run; checkpoints stay."""
+    state["status"] = "failed"
+    state["error"] = {"stage": stage, "message": str(error)}
+    _write_state(out_dir, state)
+    atomic_write_text(out_dir / "results.json", json.dumps({
+        "status": "failed", "error": {"stage": stage, "type": type(error).__name__, "message": str(error)},
+        "config": state["config"], "finished_stages": list(state["finished"]),
+        "last_checkpoint": str(out_dir / "checkpoints" / stage / "last.ckpt"),
+    }, indent=2))
 
 
 def setup_runtime(cfg: RunConfig) -> None:

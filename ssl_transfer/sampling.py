@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, get_worker_info
 
 
 def _mix(*parts: int) -> int:
@@ -48,16 +48,19 @@ class SeededDataset(Dataset):
     def __getitem__(self, key: int):
         epoch, i = divmod(int(key), self.n)
         s = _mix(self.seed, epoch, i)
-        py_state, np_state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
-            random.seed(s)
-            np.random.seed(s % 2**32)
-            torch.manual_seed(s)
-            try:
-                return self.dataset[i]
-            finally:
-                random.setstate(py_state)
-                np.random.set_state(np_state)
+        in_worker = get_worker_info() is not None  # a worker's RNGs serve nothing else
+        if not in_worker:
+            saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        random.seed(s)
+        np.random.seed(s % 2**32)
+        torch.default_generator.manual_seed(s)
+        try:
+            return self.dataset[i]
+        finally:
+            if not in_worker:
+                random.setstate(saved[0])
+                np.random.set_state(saved[1])
+                torch.set_rng_state(saved[2])
 
 
 class EpochSampler(Sampler[int]):
@@ -72,6 +75,10 @@ class EpochSampler(Sampler[int]):
         self.n, self.seed, self.shuffle = int(n), int(seed), shuffle
         self.epoch = 0
         self.skip = 0
+        #: Optional callable returning (epoch, items already consumed in it), read when an
+        #: iteration starts; the training loop sets it so that a restored run continues at the
+        #: exact position of its checkpoint (Lightning creates the iterator before set_epoch).
+        self.position = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -97,6 +104,8 @@ class EpochSampler(Sampler[int]):
         return order[rank: per * world: world]
 
     def __iter__(self) -> Iterator[int]:
+        if self.position is not None:
+            self.epoch, self.skip = self.position()
         skip, self.skip = self.skip, 0
         base = self.epoch * self.n
         return iter([base + i for i in self.indices(self.epoch)[skip:]])

@@ -1,0 +1,84 @@
+"""Kill a run with SIGKILL mid-epoch, resume it, and get the uninterrupted run's numbers."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from ssl_transfer.cli import main
+
+SETTINGS = ["trainer.checkpoint_every_n_steps=3", "trainer.log_every_n_steps=1", "transfer.epochs=2", "transfer.memory_size=96",
+            "controls.teacher_continued=false"]
+METRICS = ("linear_acc", "knn_acc", "val_linear_acc", "val_knn_acc")
+
+
+def cmd(repo_root, out, *extra):
+    return [sys.executable, "-m", "ssl_transfer", "run", str(repo_root / "configs" / "smoke.yaml"),
+            "--out", str(out), "--set", *SETTINGS, *extra]
+
+
+def checkpoint_step(path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)["global_step"]
+    except Exception:  # not there yet
+        return -1
+
+
+@pytest.fixture(scope="module")
+def reference(repo_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "run"
+    subprocess.run(cmd(repo_root, out), check=True, capture_output=True)
+    return json.loads((out / "results.json").read_text())
+
+
+def test_sigkill_mid_epoch_then_resume_gives_identical_results(repo_root, tmp_path, reference):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(cmd(repo_root, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = out / "checkpoints" / "transfer" / "last.ckpt"
+    deadline = time.time() + 300
+    # 8 steps per epoch: step 9 is in the middle of the second epoch of the transfer stage
+    while checkpoint_step(ckpt) < 9:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "results.json").exists()
+    state = json.loads((out / "run.json").read_text())
+    assert state["status"] == "running" and "source" in state["finished"]
+    assert "transfer" not in state["finished"]
+
+    code = main(["run", str(repo_root / "configs" / "smoke.yaml"), "--out", str(out), "--resume",
+                 "--set", *SETTINGS])
+    assert code == 0
+    resumed = json.loads((out / "results.json").read_text())
+    assert resumed["resumed"] is True
+    for model in ("teacher", "student"):
+        for key in METRICS:
+            assert resumed[model][key] == pytest.approx(reference[model][key], abs=1e-6), (model, key)
+    # the loss curve of the interrupted stage is whole: every logged step once, in order
+    with open(out / "logs" / "transfer" / "metrics.csv") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("train_loss_step")]
+    assert steps == list(range(16))  # 2 epochs of 8 steps
+
+
+def test_resume_refuses_a_changed_config(repo_root, tmp_path, reference, capsys):
+    out = tmp_path / "run"
+    assert main(["run", str(repo_root / "configs" / "smoke.yaml"), "--out", str(out), "--set", *SETTINGS,
+                 "source.epochs=0.25"]) == 0
+    code = main(["run", str(repo_root / "configs" / "smoke.yaml"), "--out", str(out), "--resume",
+                 "--set", *SETTINGS, "source.epochs=0.25", "transfer.sigma=2"])
+    assert code == 2 and "differs from the interrupted run's at 'transfer.sigma'" in capsys.readouterr().err
+
+
+def test_resume_needs_a_run(repo_root, tmp_path, capsys):
+    code = main(["run", str(repo_root / "configs" / "smoke.yaml"), "--out", str(tmp_path / "none"), "--resume"])
+    assert code == 2 and "no run to resume" in capsys.readouterr().err
+    code = main(["run", str(repo_root / "configs" / "smoke.yaml"), "--out", str(tmp_path), "--resume", "--overwrite"])
+    assert code == 2 and "contradict" in capsys.readouterr().err
