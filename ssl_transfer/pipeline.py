@@ -337,8 +337,14 @@ def _flatten_cfg(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def _load_student(cfg: RunConfig, teacher: SimCLRModule, bundle: DataBundle, path: Path) -> Student:
     from .io import load_model
 
+    from .errors import CheckpointError
+
     backbone, payload = load_model(path)
     student = build_student(cfg.transfer, teacher.backbone, teacher.spec, bundle.channels)
+    if payload["spec"] != student.spec.to_dict() or payload.get("embed_dim") != student.embed_dim:
+        raise CheckpointError(
+            f"student '{path}' is a {payload['spec']['arch']} with a {payload.get('embed_dim')}-d embedding but "
+            f"the config asks for a {student.spec.arch} with a {student.embed_dim}-d one; fix transfer.* to match")
     student.backbone.load_state_dict(backbone.state_dict())
     student.head.load_state_dict(payload["head"])
     return student

@@ -154,6 +154,7 @@ class TransferModule(StageModule):
         t = self.teacher_embeddings(batch, x)
         self.check_finite(t, "teacher embedding")
         s = self.student.embed(x)
+        self.check_finite(s, "student embedding")
         # under DDP the loss sees the whole global batch (views kept in view-major order)
         s, t = gather_views(s, len(views)), gather_views(t.detach(), len(views))
         if self.opt_cfg.memory_size:
