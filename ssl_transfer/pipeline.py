@@ -335,9 +335,8 @@ def _flatten_cfg(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _load_student(cfg: RunConfig, teacher: SimCLRModule, bundle: DataBundle, path: Path) -> Student:
-    from .io import load_model
-
     from .errors import CheckpointError
+    from .io import load_model
 
     backbone, payload = load_model(path)
     student = build_student(cfg.transfer, teacher.backbone, teacher.spec, bundle.channels)
