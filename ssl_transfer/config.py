@@ -165,7 +165,7 @@ class EvalConfig:
     knn_temperature: float = 0.1
     #: Inverse regularisation strengths of the logistic-regression probe; the one with the
     #: best validation accuracy is refitted and evaluated once on the test split.
-    linear_Cs: list[float] = field(default_factory=lambda: [0.1, 1.0, 10.0])
+    linear_Cs: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0])
     linear_max_iter: int = 100
     #: Also compute retrieval metrics (Recall@K, MAP@R, R-precision) on the test split.
     retrieval: bool = False

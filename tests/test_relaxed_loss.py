@@ -140,3 +140,29 @@ def test_rejects_mismatched_shapes():
         fn(torch.randn(1, 3), torch.randn(1, 3))
     with pytest.raises(ValueError, match="matrices"):
         fn(torch.randn(4), torch.randn(4, 3))
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e25])
+@pytest.mark.parametrize("block_size", [None, 5])
+def test_extreme_scales_stay_finite_and_equal(scale, block_size):
+    """float32: squared norms of 1e25-scaled embeddings overflow; the loss is computed at unit
+    scale, so value and (rescaled) gradient equal those at scale 1."""
+    g = torch.Generator().manual_seed(4)
+    s, t = torch.randn(12, 6, generator=g), torch.randn(12, 5, generator=g)
+    fn = RelaxedContrastiveLoss(sigma=3.0, block_size=block_size)
+    x1 = s.clone().requires_grad_()
+    ref = fn(x1, t)
+    ref.backward()
+    xs = (s * scale).requires_grad_()
+    loss = fn(xs, t)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(xs.grad).all()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    torch.testing.assert_close(xs.grad * scale, x1.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_gradient_is_orthogonal_to_the_embedding():
+    """Scale invariance (Euler): <∇L(s), s> = 0, so plain SGD steps can only grow ||s||."""
+    s = torch.randn(10, 4, dtype=torch.float64, requires_grad=True)
+    RelaxedContrastiveLoss(sigma=3.0)(s, torch.randn(10, 7, dtype=torch.float64)).backward()
+    assert abs((s.grad * s.detach()).sum().item()) < 1e-10

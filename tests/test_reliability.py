@@ -146,3 +146,15 @@ def test_kill_during_writes_never_leaves_a_truncated_file(tmp_path):
         assert value == "start" or set(value) in ({"a"}, {"b"})
     leftovers = [f for f in os.listdir(tmp_path) if f != "results.json"]
     assert all(f.endswith(".tmp") for f in leftovers)  # only temporaries, never the target
+
+
+def test_reported_nan_configuration_now_trains_finite(repo_root, tmp_path):
+    """Student from the teacher, sigma 3, SGD lr 0.02: the relaxed loss is scale invariant, so
+    its gradient is orthogonal to the embedding and SGD steps grow the norm until squared
+    distances overflow (inf - inf = NaN). The loss now works at unit scale; the run is finite."""
+    out = tmp_path / "run"
+    code = main(["run", str(repo_root / "configs" / "smoke.yaml"), "--out", str(out), "--set",
+                 "transfer.optimizer=sgd", "transfer.lr=0.02", "transfer.epochs=3", "controls.teacher_continued=false"])
+    assert code == 0
+    r = json.loads((out / "results.json").read_text())
+    assert r["status"] == "completed" and 0.3 < r["student"]["linear_acc"] <= 1.0

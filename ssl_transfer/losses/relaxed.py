@@ -73,9 +73,25 @@ def pairwise_distances(x: Tensor) -> Tensor:
     return sq.sqrt() * off_diag
 
 
+def unit_scale(s: Tensor) -> Tensor:
+    """``s`` divided by its (detached) root-mean-square norm.
+
+    D̃ is invariant to a global scale of the student, so this changes neither the loss nor its
+    gradient mathematically (with c = rms(s) detached, ∇_s L(s / c) = ∇L(s) by scale invariance);
+    numerically it keeps squared distances O(1): no overflow to inf (inf - inf = NaN in the
+    Gram formula) when a scale-invariant loss lets the embedding norm grow step after step,
+    and the 1e-12 clamp acts at the same relative scale whatever the norm.
+    """
+    with torch.no_grad():  # rms computed without overflow: scale by the largest entry first
+        peak = s.abs().amax().clamp_min(torch.finfo(s.dtype).tiny)
+        rms = peak * ((s / peak) ** 2).sum(dim=1).mean().sqrt()
+        rms = torch.where(torch.isfinite(rms) & (rms > 0), rms, torch.ones_like(rms))
+    return s / rms
+
+
 def row_normalised_distances(student: Tensor) -> Tensor:
     """D̃ (n, n): student distances divided by their row mean (diagonal zero included)."""
-    s = student.to(_compute_dtype(student))
+    s = unit_scale(student.to(_compute_dtype(student)))
     d = pairwise_distances(s)
     return d / d.mean(dim=1, keepdim=True)
 
@@ -142,7 +158,7 @@ class RelaxedContrastiveLoss(nn.Module):
         return torch.where(mask, pull + push, torch.zeros_like(d)).sum() / d.shape[0]
 
     def _blocked(self, student: Tensor, teacher: Tensor) -> Tensor:
-        s = student.to(_compute_dtype(student))
+        s = unit_scale(student.to(_compute_dtype(student)))
         t_hat = F.normalize(teacher.detach().to(_compute_dtype(teacher)), dim=1)
         n, step = s.shape[0], self.block_size
         recompute = torch.is_grad_enabled() and s.requires_grad and n > step
