@@ -88,7 +88,8 @@ class DataConfig:
 class SourceConfig:
     """Source stage: the SSL teacher."""
 
-    method: Literal["simclr"] = "simclr"
+    #: SSL method of the teacher: ``simclr`` or ``mocov2`` (docs/source_stage.md).
+    method: Literal["simclr", "mocov2"] = "simclr"
     backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
     #: ``imagenet``: 7x7/2 conv + max-pool (fast at 28x28); ``cifar``: 3x3/1 conv, no pool;
     #: ``small``: 3x3/2 conv, no pool (between the two in cost).
@@ -102,9 +103,19 @@ class SourceConfig:
     weight_decay: float = 5e-4
     #: Fraction of training steps of linear warm-up before the cosine decay.
     warmup_fraction: float = 0.05
+    #: SimCLR NT-Xent temperature (lightly's benchmarks: 0.5 at CIFAR scale, 0.1 on ImageNet).
     temperature: float = 0.5
+    #: Projection head (SimCLR and MoCo v2 heads alike): hidden and output width.
     proj_hidden_dim: int = 512
     proj_out_dim: int = 128
+    #: MoCo v2: InfoNCE temperature (MoCo v2 paper: 0.2), queue of past keys (negatives), and the
+    #: key-encoder momentum at the first step, raised to 1 by a cosine schedule over training.
+    moco_temperature: float = 0.2
+    moco_queue_size: int = 4096
+    moco_momentum: float = 0.99
+    #: Train a linear classifier on detached backbone features during pretraining and log its
+    #: accuracy (``train_online_cls_top1``); monitoring only, the backbone is unaffected.
+    online_classifier: bool = False
 
 
 @dataclass
@@ -221,7 +232,7 @@ class RunConfig:
 # --------------------------------------------------------------------------------------
 
 _POSITIVE = {
-    "source.epochs", "source.lr", "source.temperature", "transfer.sigma", "transfer.delta",
+    "source.epochs", "source.lr", "source.temperature", "source.moco_temperature", "transfer.sigma", "transfer.delta",
     "transfer.epochs", "transfer.lr", "eval.knn_temperature", "transfer.ms_scale_pos",
     "transfer.ms_scale_neg", "transfer.darkrank_alpha", "transfer.darkrank_beta",
 }
@@ -259,6 +270,17 @@ def _check_ranges(cfg: RunConfig) -> None:
         raise ConfigError(
             f"data.batch_size = {cfg.data.batch_size} is too small: pairwise losses need at "
             "least 2 images per batch; set data.batch_size >= 2"
+        )
+    if not 0 <= cfg.source.moco_momentum <= 1:
+        raise ConfigError(f"source.moco_momentum = {cfg.source.moco_momentum} must lie in [0, 1] (MoCo v2: 0.99 "
+                          "at CIFAR scale, 0.999 on ImageNet)")
+    if cfg.source.moco_queue_size < 1:
+        raise ConfigError(f"source.moco_queue_size = {cfg.source.moco_queue_size} must be >= 1 (MoCo v2: 4096 at "
+                          "CIFAR scale, 65536 on ImageNet)")
+    if cfg.source.method == "mocov2" and cfg.source.moco_queue_size < cfg.data.batch_size:
+        raise ConfigError(
+            f"source.moco_queue_size = {cfg.source.moco_queue_size} is smaller than data.batch_size = "
+            f"{cfg.data.batch_size}: one batch of keys would not fit in the queue; set moco_queue_size >= batch_size"
         )
     if cfg.data.views < 2:
         raise ConfigError(

@@ -36,7 +36,7 @@ from .errors import NonFiniteError, OutputExistsError
 from .io import atomic_write_text, save_model
 from .sampling import EpochSampler
 from .stages.base import steps_for
-from .stages.pretrain import SimCLRModule
+from .stages.pretrain import SSLModule, build_ssl_module
 from .stages.transfer import FrozenTeacher, Student, TransferModule, build_student
 
 log = logging.getLogger("ssl_transfer")
@@ -220,41 +220,48 @@ def _extra(cfg: RunConfig, bundle: DataBundle) -> dict[str, Any]:
 
 
 def pretrain_teacher(cfg: RunConfig, bundle: DataBundle, out_dir: Path,
-                     resume: bool = False) -> tuple[SimCLRModule, float]:
-    """Source stage: a SimCLR teacher trained for ``source.epochs``; saved as teacher.pt."""
+                     resume: bool = False) -> tuple[SSLModule, float]:
+    """Source stage: a ``source.method`` teacher trained for ``source.epochs``; saved as teacher.pt
+    (backbone + spec, and the method's state: projection head; MoCo v2 also key encoder and queue)."""
     loader = bundle.train_loader(cfg.seed)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = SimCLRModule(cfg.source, bundle.channels, cfg.data.batch_size)
+    module = build_ssl_module(cfg.source, bundle.channels, cfg.data.batch_size, bundle.num_classes)
     seconds = _fit(cfg, out_dir, "source", module, loader, cfg.source.epochs, cfg.seed, resume)
     module.cpu()
     save_model(out_dir / "teacher.pt", module.backbone, module.spec,
-               extra={"projection_head": module.projection_head.state_dict(), **_extra(cfg, bundle)})
+               extra={**module.teacher_state(), **_extra(cfg, bundle)})
     return module, seconds
 
 
-def load_teacher(cfg: RunConfig, path: str | os.PathLike, bundle: DataBundle) -> SimCLRModule:
-    """Rebuild a SimCLR teacher (backbone + projection head) from a run's teacher.pt."""
+def load_teacher(cfg: RunConfig, path: str | os.PathLike, bundle: DataBundle) -> SSLModule:
+    """Rebuild a teacher (backbone + the method's state) from a run's teacher.pt. The teacher's
+    SSL method (saved in teacher.pt; SimCLR for files without one) must equal source.method,
+    so the "teacher continued" control trains it with its own loss."""
     from .errors import CheckpointError
     from .io import load_model
 
     backbone, payload = load_model(path)
-    module = SimCLRModule(cfg.source, bundle.channels, cfg.data.batch_size)
+    method = payload.get("method", "simclr")
+    if method != cfg.source.method:
+        raise CheckpointError(f"teacher '{path}' was trained with {method} but source.method = {cfg.source.method}; "
+                              f"pass --set source.method={method}")
+    module = build_ssl_module(cfg.source, bundle.channels, cfg.data.batch_size, bundle.num_classes)
     if payload["spec"] != module.spec.to_dict():
         raise CheckpointError(f"teacher '{path}' has backbone {payload['spec']} but the config asks for "
                               f"{module.spec.to_dict()}; set source.backbone/stem to match")
     module.backbone.load_state_dict(backbone.state_dict())
-    if "projection_head" in payload:
-        try:
-            module.projection_head.load_state_dict(payload["projection_head"])
-        except RuntimeError:
-            raise CheckpointError(f"teacher '{path}' has a projection head of another size than "
-                                  "source.proj_hidden_dim/proj_out_dim; set them to the teacher's") from None
+    try:
+        module.load_teacher_state(payload)
+    except RuntimeError:
+        raise CheckpointError(f"teacher '{path}' has a projection head of another size than "
+                              "source.proj_hidden_dim/proj_out_dim; set them to the teacher's") from None
     return module
 
 
-def continue_teacher(cfg: RunConfig, teacher: SimCLRModule, bundle: DataBundle,
-                     out_dir: Path, resume: bool = False) -> tuple[SimCLRModule, float]:
-    """Control: a copy of the teacher trained ``transfer.epochs`` more with its own SSL loss;
+def continue_teacher(cfg: RunConfig, teacher: SSLModule, bundle: DataBundle,
+                     out_dir: Path, resume: bool = False) -> tuple[SSLModule, float]:
+    """Control: a copy of the teacher trained ``transfer.epochs`` more with its own SSL loss
+    (its own method; MoCo v2 keeps its key encoder and queue, the momentum schedule restarts);
     saved as teacher_continued.pt."""
     loader = bundle.train_loader(cfg.seed + 1)
     module = copy.deepcopy(teacher)
@@ -262,11 +269,11 @@ def continue_teacher(cfg: RunConfig, teacher: SimCLRModule, bundle: DataBundle,
     seconds = _fit(cfg, out_dir, "teacher_continued", module, loader, cfg.transfer.epochs, cfg.seed + 1, resume)
     module.cpu()
     save_model(out_dir / "teacher_continued.pt", module.backbone, module.spec,
-               extra={"projection_head": module.projection_head.state_dict(), **_extra(cfg, bundle)})
+               extra={**module.teacher_state(), **_extra(cfg, bundle)})
     return module, seconds
 
 
-def transfer_student(cfg: RunConfig, teacher: SimCLRModule, bundle: DataBundle, out_dir: Path,
+def transfer_student(cfg: RunConfig, teacher: SSLModule, bundle: DataBundle, out_dir: Path,
                      name: str = "transfer", resume: bool = False) -> tuple[Student, dict[str, float]]:
     """Transfer stage: a student trained by ``transfer.loss`` on the frozen teacher; saved as
     ``student.pt`` (``<name>.pt`` for other names)."""
@@ -334,7 +341,7 @@ def _flatten_cfg(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _load_student(cfg: RunConfig, teacher: SimCLRModule, bundle: DataBundle, path: Path) -> Student:
+def _load_student(cfg: RunConfig, teacher: SSLModule, bundle: DataBundle, path: Path) -> Student:
     from .errors import CheckpointError
     from .io import load_model
 
