@@ -82,11 +82,16 @@ def unit_scale(s: Tensor) -> Tensor:
     Gram formula) when a scale-invariant loss lets the embedding norm grow step after step,
     and the 1e-12 clamp acts at the same relative scale whatever the norm.
     """
-    with torch.no_grad():  # rms computed without overflow: scale by the largest entry first
-        peak = s.abs().amax().clamp_min(torch.finfo(s.dtype).tiny)
-        rms = peak * ((s / peak) ** 2).sum(dim=1).mean().sqrt()
-        rms = torch.where(torch.isfinite(rms) & (rms > 0), rms, torch.ones_like(rms))
-    return s / rms
+    return s / _safe_rms(s)
+
+
+@torch.no_grad()
+def _safe_rms(s: Tensor) -> Tensor:
+    """Root-mean-square row norm of ``s`` (detached), computed without overflow by scaling by
+    the largest entry first; 1 when it is 0 or not finite."""
+    peak = s.abs().amax().clamp_min(torch.finfo(s.dtype).tiny)
+    rms = peak * ((s / peak) ** 2).sum(dim=1).mean().sqrt()
+    return torch.where(torch.isfinite(rms) & (rms > 0), rms, torch.ones_like(rms))
 
 
 def row_normalised_distances(student: Tensor) -> Tensor:
@@ -114,6 +119,83 @@ def _relaxed_block_sum(s: Tensor, t_hat: Tensor, start: int, stop: int, sigma: f
     pull = w * d.pow(2)
     push = (1.0 - w) * F.relu(delta - d).pow(2)
     return torch.where(d > 0, pull + push, torch.zeros_like(d)).sum()
+
+
+@torch.no_grad()
+def _relaxed_labels_fused(teacher: Tensor, sigma: float) -> Tensor:
+    """:func:`teacher_relaxed_labels` in two passes over (n, n): with g = t̂ t̂ᵀ,
+    -||t̂_i - t̂_j||² / sigma = (2 g - 2) / sigma is one ``addmm``; clamp at 0, exp in place."""
+    t = F.normalize(teacher.to(_compute_dtype(teacher)), dim=1)
+    bias = torch.full((), -2.0 / sigma, dtype=t.dtype, device=t.device)
+    return torch.addmm(bias, t, t.T, alpha=2.0 / sigma).clamp_max_(0.0).exp_()
+
+
+# Fast path of the unit scaling: mean squared norms inside this range are used as they are
+# (no overflow or loss of precision in float32 Gram entries); outside it, unit_scale() first.
+_SAFE_MEAN_SQ = (1e-20, 1e20)
+
+
+class _DenseRelaxedContrastive(torch.autograd.Function):
+    """The dense loss with its gradient written out: same value and gradient as autograd on
+    the formula, up to rounding (tests/test_relaxed_loss.py), in fewer passes (docs/speed.md).
+
+    With u = s / rms(s) (the unit-scale student, rms detached), r_i = ||u_i||²,
+    sq_ij = r_i + r_j - 2 u_i·u_j clamped at 1e-12, D = sqrt(sq) (D_ii = 0), m_i = row mean
+    of D, D̃ = D / m and M = off-diagonal (D̃ > 0 there, as the loss's mask requires):
+
+        A_ij = (2/n) M_ij (w_ij D̃_ij - (1 - w_ij) max(0, delta - D̃_ij))     = ∂L/∂D̃_ij
+        P_ij = [sq_ij unclamped] (A_ij - (1/n) Σ_k A_ik D̃_ik) / (2 m_i² D̃_ij) = ∂L/∂sq_ij
+        ∂L/∂u = 2 (diag((P + Pᵀ) 1) - (P + Pᵀ)) u,   ∂L/∂s = ∂L/∂u / rms
+
+    Autograd on the formula keeps about a dozen (n, n) intermediates and runs two n×n×d
+    matmuls backward; here the forward keeps one (n, n) matrix, P + Pᵀ (only when the student
+    needs a gradient), the backward is one matmul, and the 1 / rms² scale is folded into the
+    Gram ``addmm`` instead of materialising u.
+    """
+
+    @staticmethod
+    def forward(ctx, s: Tensor, w: Tensor, delta: float, need_grad: bool) -> Tensor:
+        n = s.shape[0]
+        sq_norms = (s * s).sum(dim=1)  # (n,)
+        mean_sq = float(sq_norms.mean())
+        pre = 1.0  # s is divided by `pre` first off the fast path (extreme scale, non-finite)
+        if not _SAFE_MEAN_SQ[0] < mean_sq < _SAFE_MEAN_SQ[1]:
+            pre = float(_safe_rms(s))
+            s = s / pre
+            sq_norms = (s * s).sum(dim=1)
+            mean_sq = float(sq_norms.mean())
+        inv = 1.0 / mean_sq if mean_sq > 0 else 1.0  # 1 / rms²: u = s / rms without forming u
+        r = sq_norms * inv
+        sq = torch.addmm(r[:, None] + r[None, :], s, s.T, alpha=-2.0 * inv)  # (n, n) sq_ij of u
+        sq.fill_diagonal_(1.0)  # D_ii is set to 0 below; keep the diagonal out of the clamp test
+        clamped = (sq < EPS_SQ) if need_grad and float(sq.amin()) < EPS_SQ else None
+        d = sq.clamp_min_(EPS_SQ).sqrt_()
+        d.fill_diagonal_(0.0)
+        m = d.mean(dim=1, keepdim=True)  # (n, 1) row means, zero diagonal included
+        d_t = d.div_(m)  # D̃, in the buffer of sq
+        hinge = torch.rsub(d_t, delta).clamp_min_(0.0)  # max(0, delta - D̃)
+        wd = w * d_t
+        push = torch.rsub(w, 1.0).mul_(hinge)  # (1 - w) max(0, delta - D̃)
+        terms = (wd * d_t).addcmul_(push, hinge)
+        loss = (terms.sum() - terms.diagonal().sum()) / n  # off-diagonal pairs only
+        if need_grad:
+            a = wd.sub_(push)  # a = (n/2) ∂L/∂D̃
+            a.fill_diagonal_(0.0)
+            row = torch.einsum("ij,ij->i", a, d_t).div_(n)[:, None]  # (1/n) Σ_k a_ik D̃_ik
+            p = a.sub_(row).div_(d_t.mul_(m * m))  # n P = (a - row) / (m² D̃)
+            p.fill_diagonal_(0.0)
+            if clamped is not None:
+                p.masked_fill_(clamped, 0.0)
+            ctx.save_for_backward(s, p + p.T)  # q = n (P + Pᵀ), symmetric
+            ctx.scale = 2.0 * inv / (n * pre)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor):
+        s, q = ctx.saved_tensors
+        # ∂L/∂s = 2 (diag(Q 1) - Q) u / rms with Q = q / n and u = s / rms
+        grad = torch.addmm(s * q.sum(dim=1, keepdim=True), q, s, alpha=-1.0)
+        return grad.mul_(grad_loss * ctx.scale), None, None, None
 
 
 class RelaxedContrastiveLoss(nn.Module):
@@ -149,13 +231,10 @@ class RelaxedContrastiveLoss(nn.Module):
         check_pair_inputs(student, teacher)
         if self.block_size is not None:
             return self._blocked(student, teacher)
-        w = teacher_relaxed_labels(teacher.detach(), self.sigma)
-        d = row_normalised_distances(student)
-        w = w.to(d.dtype)
-        pull = w * d.pow(2)
-        push = (1.0 - w) * F.relu(self.delta - d).pow(2)
-        mask = d > 0  # excludes the diagonal (D_ii = 0) and any collapsed pair
-        return torch.where(mask, pull + push, torch.zeros_like(d)).sum() / d.shape[0]
+        s = student.to(_compute_dtype(student))
+        w = _relaxed_labels_fused(teacher.detach(), self.sigma).to(s.dtype)
+        need_grad = torch.is_grad_enabled() and s.requires_grad
+        return _DenseRelaxedContrastive.apply(s, w, self.delta, need_grad)
 
     def _blocked(self, student: Tensor, teacher: Tensor) -> Tensor:
         s = unit_scale(student.to(_compute_dtype(student)))
