@@ -153,8 +153,10 @@ class TransferConfig:
     teacher_cache: bool = False
     #: Student initialisation: random (``scratch``) or a copy of the teacher (``teacher``).
     student_init: Literal["scratch", "teacher"] = "scratch"
-    #: Student backbone; None copies the teacher's architecture (self-transfer).
-    student_backbone: Literal["resnet18", "resnet34", "resnet50"] | None = None
+    #: Student backbone; None copies the teacher's architecture (self-transfer). A different
+    #: one (compression, e.g. resnet50 -> resnet18, resnet18 -> small_cnn) needs
+    #: ``student_init: scratch``.
+    student_backbone: Literal["resnet18", "resnet34", "resnet50", "small_cnn"] | None = None
     student_stem: Literal["imagenet", "cifar", "small"] | None = None
     #: Embedding head on the student backbone: none, linear, or a 2-layer MLP.
     student_head: Literal["none", "linear", "mlp"] = "linear"

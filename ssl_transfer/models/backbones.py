@@ -8,6 +8,11 @@ Stems (``stem``):
 - ``small``: 3x3 stride-2 conv, no max-pool (stages see 14x14 at 28x28).
 
 The classifier is replaced by ``nn.Identity`` so a backbone maps (n, C, H, W) to (n, feat_dim).
+
+``small_cnn`` (a compression student, not a teacher): four 3x3 conv-BN-ReLU layers of 32, 64,
+128 and 256 channels, strides 1, 2, 2, 2, global average pooling; 256-d features, 0.39M
+parameters (ResNet-18: 11.2M) and about 12M multiply-adds at 28x28 (ResNet-18 with the
+ImageNet stem: about 30M). It has no stem variants; ``stem`` is recorded but not used.
 """
 
 from __future__ import annotations
@@ -35,12 +40,27 @@ class BackboneSpec:
         return asdict(self)
 
 
+def small_cnn(in_channels: int) -> nn.Module:
+    """Four conv-BN-ReLU layers (32, 64, 128, 256 channels; strides 1, 2, 2, 2) + average pool."""
+    layers, c_in = [], in_channels
+    for c_out, stride in ((32, 1), (64, 2), (128, 2), (256, 2)):
+        layers += [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                   nn.ReLU(inplace=True)]
+        c_in = c_out
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+ARCHS = (*_RESNETS, "small_cnn")
+
+
 def build_backbone(arch: str, stem: str, in_channels: int) -> tuple[nn.Module, BackboneSpec]:
     """Return ``(backbone, spec)``; the backbone outputs (n, spec.feat_dim) features."""
-    if arch not in _RESNETS:
-        raise ValueError(f"unknown backbone '{arch}'; use one of {', '.join(_RESNETS)}")
+    if arch not in ARCHS:
+        raise ValueError(f"unknown backbone '{arch}'; use one of {', '.join(ARCHS)}")
     if stem not in STEMS:
         raise ValueError(f"unknown stem '{stem}'; use one of {', '.join(STEMS)}")
+    if arch == "small_cnn":
+        return small_cnn(in_channels), BackboneSpec(arch=arch, stem=stem, in_channels=in_channels, feat_dim=256)
     net = _RESNETS[arch](weights=None)
     if stem == "imagenet":
         net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
