@@ -113,6 +113,9 @@ class SourceConfig:
     moco_temperature: float = 0.2
     moco_queue_size: int = 4096
     moco_momentum: float = 0.99
+    #: External teacher weights (``ssl-transfer transfer --teacher FILE``): prefix of the backbone's
+    #: keys in FILE, e.g. ``backbone.`` or ``module.encoder_q.``; None detects it (``--prefix``).
+    weights_prefix: str | None = None
     #: Train a linear classifier on detached backbone features during pretraining and log its
     #: accuracy (``train_online_cls_top1``); monitoring only, the backbone is unaffected.
     online_classifier: bool = False

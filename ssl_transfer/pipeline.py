@@ -236,10 +236,17 @@ def pretrain_teacher(cfg: RunConfig, bundle: DataBundle, out_dir: Path,
 def load_teacher(cfg: RunConfig, path: str | os.PathLike, bundle: DataBundle) -> SSLModule:
     """Rebuild a teacher (backbone + the method's state) from a run's teacher.pt. The teacher's
     SSL method (saved in teacher.pt; SimCLR for files without one) must equal source.method,
-    so the "teacher continued" control trains it with its own loss."""
+    so the "teacher continued" control trains it with its own loss.
+
+    Any other file is read as external backbone weights (lightly / solo-learn / torchvision /
+    plain state dict; ssl_transfer.models.weights) into the architecture of source.backbone/stem.
+    """
     from .errors import CheckpointError
     from .io import load_model
+    from .models.weights import is_project_model, read_checkpoint
 
+    if not is_project_model(read_checkpoint(path)):
+        return _external_teacher(cfg, path, bundle)
     backbone, payload = load_model(path)
     method = payload.get("method", "simclr")
     if method != cfg.source.method:
@@ -255,6 +262,22 @@ def load_teacher(cfg: RunConfig, path: str | os.PathLike, bundle: DataBundle) ->
     except RuntimeError:
         raise CheckpointError(f"teacher '{path}' has a projection head of another size than "
                               "source.proj_hidden_dim/proj_out_dim; set them to the teacher's") from None
+    return module
+
+
+def _external_teacher(cfg: RunConfig, path: str | os.PathLike, bundle: DataBundle) -> SSLModule:
+    """A teacher from external backbone weights: fresh projection head (MoCo v2: key encoder a
+    copy of the loaded backbone, queue freshly initialised)."""
+    from .errors import CheckpointError
+    from .models.weights import load_backbone_weights
+
+    if cfg.transfer.teacher_output == "projection":
+        raise CheckpointError(f"teacher '{path}' holds backbone weights only, no projection head; set "
+                              "transfer.teacher_output: backbone")
+    module = build_ssl_module(cfg.source, bundle.channels, cfg.data.batch_size, bundle.num_classes)
+    info = load_backbone_weights(path, module.backbone, module.spec, prefix=cfg.source.weights_prefix)
+    module.load_teacher_state({})
+    log.info("teacher weights from '%s' (prefix '%s', dropped %s)", path, info["prefix"], info["dropped"])
     return module
 
 
@@ -469,3 +492,36 @@ def run_metadata(cfg: RunConfig, bundle: DataBundle, teacher_spec, student: Stud
         "threads": torch.get_num_threads(),
         "status": "completed",
     }
+
+
+def pretrain(cfg: RunConfig, out_dir: str | os.PathLike, overwrite: bool = False) -> dict[str, Any] | None:
+    """The source stage alone (``ssl-transfer pretrain``): train the ``source.method`` teacher,
+    save ``teacher.pt``, evaluate it (linear probe, kNN) and write ``results.json`` with a
+    ``teacher`` block like :func:`run`'s. Returns the results (None in a DDP worker process)."""
+    import torch.distributed as dist
+
+    out_dir = Path(out_dir)
+    total_start = time.perf_counter()
+    bundle = DataBundle.from_config(cfg.data, cfg.seed, method=cfg.source.method)
+    bundle.train_loader(cfg.seed)  # validates the batch size against the data
+    prepare_out_dir(out_dir, overwrite)
+    setup_runtime(cfg)
+    teacher, seconds = pretrain_teacher(cfg, bundle, out_dir)
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return None  # a DDP worker: rank 0 evaluates and writes
+    results: dict[str, Any] = {"teacher": evaluate(teacher.backbone, bundle, cfg)}
+    results.update({
+        "config": cfg.to_dict(),
+        "data": {"name": cfg.data.name, "location": bundle.raw.location, "sizes": bundle.sizes(),
+                 "num_classes": bundle.num_classes},
+        "models": {"teacher": teacher.spec.to_dict()},
+        "method": cfg.source.method,
+        "versions": _versions(),
+        "threads": torch.get_num_threads(),
+        "teacher_checkpoint": str(out_dir / "teacher.pt"),
+        "timings_s": {"source": seconds, "eval": results["teacher"]["eval_s"],
+                      "total": time.perf_counter() - total_start},
+        "status": "completed",
+    })
+    atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
+    return results
