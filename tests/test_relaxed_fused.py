@@ -29,7 +29,8 @@ def both(s, t, sigma=1.0, delta=1.0):
 
 
 @pytest.mark.parametrize("n,d_s,d_t,sigma,delta", [(2, 3, 4, 1.0, 1.0), (40, 8, 16, 3.0, 1.0),
-                                                   (130, 32, 8, 0.5, 0.6), (64, 100, 3, 1.0, 2.0)])
+                                                   (130, 32, 8, 0.5, 0.6), (64, 100, 3, 1.0, 2.0),
+                                                   (301, 16, 24, 3.0, 1.0)])  # n >= 128: symmetric Gram
 def test_value_and_gradient_equal_autograd_float64(n, d_s, d_t, sigma, delta):
     g = torch.Generator().manual_seed(n)
     s, t = torch.randn(n, d_s, generator=g, dtype=torch.float64), torch.randn(n, d_t, generator=g, dtype=torch.float64)
@@ -45,12 +46,13 @@ def test_gradcheck():
     assert torch.autograd.gradcheck(lambda x: fn(x, t), (s.requires_grad_(),))
 
 
-def test_duplicate_rows_take_the_clamp_gradient_of_autograd():
+@pytest.mark.parametrize("n", [12, 200])
+def test_duplicate_rows_take_the_clamp_gradient_of_autograd(n):
     """Pairs of identical student rows hit the 1e-12 clamp: no gradient through them."""
     g = torch.Generator().manual_seed(1)
-    s = torch.randn(12, 5, generator=g, dtype=torch.float64)
-    s[3], s[7], s[8] = s[0], s[0], s[5]
-    t = torch.randn(12, 6, generator=g, dtype=torch.float64)
+    s = torch.randn(n, 5, generator=g, dtype=torch.float64)
+    s[3], s[7], s[8], s[n - 1] = s[0], s[0], s[5], s[5]
+    t = torch.randn(n, 6, generator=g, dtype=torch.float64)
     (l1, g1), (l2, g2) = both(s, t, sigma=3.0)
     torch.testing.assert_close(l1, l2, rtol=1e-12, atol=0)
     torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-13)

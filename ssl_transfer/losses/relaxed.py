@@ -121,13 +121,27 @@ def _relaxed_block_sum(s: Tensor, t_hat: Tensor, start: int, stop: int, sigma: f
     return torch.where(d > 0, pull + push, torch.zeros_like(d)).sum()
 
 
+def _sym_addmm_(out: Tensor, x: Tensor, alpha: float) -> Tensor:
+    """``out += alpha · x xᵀ`` in place for a symmetric ``out`` (n, n): the two diagonal blocks
+    and one off-diagonal block by matmul, the other block mirrored (3/4 of the multiply-adds)."""
+    h = x.shape[0] // 2
+    if h < 64:
+        return out.addmm_(x, x.T, alpha=alpha)
+    x1, x2 = x[:h], x[h:]
+    out[:h, :h].addmm_(x1, x1.T, alpha=alpha)
+    out[h:, h:].addmm_(x2, x2.T, alpha=alpha)
+    out[h:, :h].addmm_(x2, x1.T, alpha=alpha)
+    out[:h, h:].copy_(out[h:, :h].T)
+    return out
+
+
 @torch.no_grad()
 def _relaxed_labels_fused(teacher: Tensor, sigma: float) -> Tensor:
-    """:func:`teacher_relaxed_labels` in two passes over (n, n): with g = t̂ t̂ᵀ,
-    -||t̂_i - t̂_j||² / sigma = (2 g - 2) / sigma is one ``addmm``; clamp at 0, exp in place."""
+    """:func:`teacher_relaxed_labels` with one (n, n) buffer: with g = t̂ t̂ᵀ,
+    -||t̂_i - t̂_j||² / sigma = (2 g - 2) / sigma is one symmetric ``addmm``; clamp at 0, exp."""
     t = F.normalize(teacher.to(_compute_dtype(teacher)), dim=1)
-    bias = torch.full((), -2.0 / sigma, dtype=t.dtype, device=t.device)
-    return torch.addmm(bias, t, t.T, alpha=2.0 / sigma).clamp_max_(0.0).exp_()
+    out = torch.full((t.shape[0], t.shape[0]), -2.0 / sigma, dtype=t.dtype, device=t.device)
+    return _sym_addmm_(out, t, 2.0 / sigma).clamp_max_(0.0).exp_()
 
 
 # Fast path of the unit scaling: mean squared norms inside this range are used as they are
@@ -147,15 +161,21 @@ class _DenseRelaxedContrastive(torch.autograd.Function):
         P_ij = [sq_ij unclamped] (A_ij - (1/n) Σ_k A_ik D̃_ik) / (2 m_i² D̃_ij) = ∂L/∂sq_ij
         ∂L/∂u = 2 (diag((P + Pᵀ) 1) - (P + Pᵀ)) u,   ∂L/∂s = ∂L/∂u / rms
 
-    Autograd on the formula keeps about a dozen (n, n) intermediates and runs two n×n×d
-    matmuls backward; here the forward keeps one (n, n) matrix, P + Pᵀ (only when the student
-    needs a gradient), the backward is one matmul, and the 1 / rms² scale is folded into the
-    Gram ``addmm`` instead of materialising u.
+    Autograd on the formula allocates about 20 (n, n) intermediates, keeps a dozen for the
+    backward pass and runs two n×n×d matmuls there. Here: three (n, n) allocations, the rest in
+    place; the loss value falls out of the gradient's terms; one (n, n) matrix, P + Pᵀ, kept
+    (only when the student needs a gradient); one backward matmul; both Gram matrices (teacher
+    and student) computed as symmetric (3/4 of the multiply-adds); the 1 / rms² scale folded
+    into the Gram instead of materialising u. Timings: docs/speed.md.
     """
 
     @staticmethod
-    def forward(ctx, s: Tensor, w: Tensor, delta: float, need_grad: bool) -> Tensor:
+    def forward(ctx, s: Tensor, teacher: Tensor, sigma: float, delta: float, need_grad: bool) -> Tensor:
+        # Three (n, n) buffers are allocated (fresh large allocations cost page faults, so every
+        # other step works in place): `dist` (sq -> D -> D̃ m²), `w` (w -> a -> n P) and `buf`
+        # (h -> (1 - w) h -> a D̃ -> q).
         n = s.shape[0]
+        w = _relaxed_labels_fused(teacher, sigma).to(s.dtype)  # (n, n)
         sq_norms = (s * s).sum(dim=1)  # (n,)
         mean_sq = float(sq_norms.mean())
         pre = 1.0  # s is divided by `pre` first off the fast path (extreme scale, non-finite)
@@ -166,27 +186,29 @@ class _DenseRelaxedContrastive(torch.autograd.Function):
             mean_sq = float(sq_norms.mean())
         inv = 1.0 / mean_sq if mean_sq > 0 else 1.0  # 1 / rms²: u = s / rms without forming u
         r = sq_norms * inv
-        sq = torch.addmm(r[:, None] + r[None, :], s, s.T, alpha=-2.0 * inv)  # (n, n) sq_ij of u
-        sq.fill_diagonal_(1.0)  # D_ii is set to 0 below; keep the diagonal out of the clamp test
-        clamped = (sq < EPS_SQ) if need_grad and float(sq.amin()) < EPS_SQ else None
-        d = sq.clamp_min_(EPS_SQ).sqrt_()
-        d.fill_diagonal_(0.0)
-        m = d.mean(dim=1, keepdim=True)  # (n, 1) row means, zero diagonal included
-        d_t = d.div_(m)  # D̃, in the buffer of sq
-        hinge = torch.rsub(d_t, delta).clamp_min_(0.0)  # max(0, delta - D̃)
-        wd = w * d_t
-        push = torch.rsub(w, 1.0).mul_(hinge)  # (1 - w) max(0, delta - D̃)
-        terms = (wd * d_t).addcmul_(push, hinge)
-        loss = (terms.sum() - terms.diagonal().sum()) / n  # off-diagonal pairs only
+        dist = _sym_addmm_(r[:, None] + r[None, :], s, -2.0 * inv)  # sq_ij of u
+        dist.fill_diagonal_(1.0)  # D_ii is set to 0 below; keep the diagonal out of the clamp test
+        clamped = (dist < EPS_SQ) if need_grad and float(dist.amin()) < EPS_SQ else None
+        dist.clamp_min_(EPS_SQ).sqrt_()  # D
+        dist.fill_diagonal_(0.0)
+        m = dist.mean(dim=1, keepdim=True)  # (n, 1) row means, zero diagonal included
+        d_t = dist.div_(m)  # D̃
+        buf = torch.rsub(d_t, delta).clamp_min_(0.0)  # h = max(0, delta - D̃)
+        push = buf.addcmul_(w, buf, value=-1.0)  # (1 - w) h
+        push.fill_diagonal_(0.0)
+        a = w.mul_(d_t).sub_(push)  # w D̃ - (1 - w) h = (n/2) ∂L/∂D̃ off the diagonal
+        a.fill_diagonal_(0.0)
+        push_sum = push.sum()
+        row = torch.mul(a, d_t, out=buf).sum(dim=1, keepdim=True)  # (n, 1) Σ_k a_ik D̃_ik
+        # per pair w D̃² + (1 - w) h² = a D̃ + (1 - w) h (h + D̃) = a D̃ + delta (1 - w) h,
+        # as h + D̃ = delta wherever h > 0: the loss comes out of the gradient's terms
+        loss = (row.sum() + delta * push_sum) / n
         if need_grad:
-            a = wd.sub_(push)  # a = (n/2) ∂L/∂D̃
-            a.fill_diagonal_(0.0)
-            row = torch.einsum("ij,ij->i", a, d_t).div_(n)[:, None]  # (1/n) Σ_k a_ik D̃_ik
-            p = a.sub_(row).div_(d_t.mul_(m * m))  # n P = (a - row) / (m² D̃)
+            p = a.sub_(row.div_(n)).div_(d_t.mul_(m * m))  # n P = (a - row / n) / (m² D̃)
             p.fill_diagonal_(0.0)
             if clamped is not None:
                 p.masked_fill_(clamped, 0.0)
-            ctx.save_for_backward(s, p + p.T)  # q = n (P + Pᵀ), symmetric
+            ctx.save_for_backward(s, torch.add(p, p.T, out=buf))  # q = n (P + Pᵀ), symmetric
             ctx.scale = 2.0 * inv / (n * pre)
         return loss
 
@@ -194,8 +216,8 @@ class _DenseRelaxedContrastive(torch.autograd.Function):
     def backward(ctx, grad_loss: Tensor):
         s, q = ctx.saved_tensors
         # ∂L/∂s = 2 (diag(Q 1) - Q) u / rms with Q = q / n and u = s / rms
-        grad = torch.addmm(s * q.sum(dim=1, keepdim=True), q, s, alpha=-1.0)
-        return grad.mul_(grad_loss * ctx.scale), None, None, None
+        c = ctx.scale * float(grad_loss)
+        return torch.addmm(s * (q.sum(dim=1, keepdim=True) * c), q, s, alpha=-c), None, None, None, None
 
 
 class RelaxedContrastiveLoss(nn.Module):
@@ -232,9 +254,8 @@ class RelaxedContrastiveLoss(nn.Module):
         if self.block_size is not None:
             return self._blocked(student, teacher)
         s = student.to(_compute_dtype(student))
-        w = _relaxed_labels_fused(teacher.detach(), self.sigma).to(s.dtype)
         need_grad = torch.is_grad_enabled() and s.requires_grad
-        return _DenseRelaxedContrastive.apply(s, w, self.delta, need_grad)
+        return _DenseRelaxedContrastive.apply(s, teacher.detach(), self.sigma, self.delta, need_grad)
 
     def _blocked(self, student: Tensor, teacher: Tensor) -> Tensor:
         s = unit_scale(student.to(_compute_dtype(student)))
