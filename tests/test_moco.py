@@ -327,3 +327,49 @@ def test_smoke_run_with_mocov2_end_to_end(repo_root, tmp_path, capsys):
     assert teacher["method"] == continued["method"] == "mocov2"
     # the control kept training with MoCo: its queue moved on from the teacher's
     assert not torch.equal(teacher["moco_queue"], continued["moco_queue"])
+
+
+# ----------------------------------------------------------------------------------------
+# two processes (gloo): the queue receives the keys of every process, in rank order
+# ----------------------------------------------------------------------------------------
+
+
+def _ddp_worker(rank, port, results):
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        torch.set_num_threads(1)
+        module = make_moco(moco_queue_size=16)
+        keys = []
+        original = module.keys
+        module.keys = lambda x: keys.append(original(x)) or keys[-1]
+        batch = fixed_batch(8)  # same 8 images on both ranks (same seed); each takes its half
+        torch.manual_seed(1)
+        local = {"views": [v[rank * 4:(rank + 1) * 4] for v in batch["views"]], "label": batch["label"][:4]}
+        start = module.queue.clone()
+        module.training_step(local, 0)
+        results[rank] = {"start": start, "queue": module.queue.clone(), "ptr": int(module.queue_ptr),
+                         "keys": F.normalize(keys[0], dim=1)}
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_enqueue_the_global_batch_of_keys():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_ddp_worker, args=(port, results), nprocs=2, join=True)
+    r0, r1 = results[0], results[1]
+    assert torch.equal(r0["start"], r1["start"])  # same initial queue on every process
+    expected = torch.cat([r0["keys"], r1["keys"], r0["start"][8:]])
+    assert r0["ptr"] == r1["ptr"] == 8  # 2 processes x 4 keys
+    assert torch.equal(r0["queue"], expected) and torch.equal(r1["queue"], expected)
