@@ -116,7 +116,9 @@ def bench_loss(n: int, d: int, warmup: int, rounds: int, per_round: int, seed: i
     }
     times = interleaved(fns, warmup, rounds, per_round)
     med = {k: statistics.median(v) for k, v in times.items()}
-    return {"n": n, "d": d, "dtype": "float32", "median_s": med, "times_s": times,
+    low = {k: min(v) for k, v in times.items()}
+    return {"n": n, "d": d, "dtype": "float32", "median_s": med, "min_s": low, "times_s": times,
+            "ratio_of_minima": low["loss_fwd_bwd"] / low["matmul"],
             "ratio": med["loss_fwd_bwd"] / med["matmul"],
             "ratio_autograd": med["autograd_fwd_bwd"] / med["matmul"],
             "ratio_fwd_no_grad": med["loss_fwd_no_grad"] / med["matmul"],
@@ -231,11 +233,13 @@ def bench_step(config: str, overrides: list[str], warmup: int, rounds: int, per_
                           "teacher_forward": teacher_forward, "transfer_loss_fwd_bwd": transfer_loss},
                          warmup=1, rounds=rounds, per_round=max(2, per_round // 2))
     med = {k: statistics.median(v) for k, v in {**steps, **pieces}.items()}
+    low = {k: min(v) for k, v in {**steps, **pieces}.items()}
     return {"config": config, "overrides": overrides, "batch_size": cfg.data.batch_size, "views": views,
             "student": f"{cfg.source.backbone}/{cfg.source.stem}", "input_size": bundle.image_size,
             "loss": tc.loss, "memory_size": mem, "loss_pairs_n": n_pairs, "teacher_views": tc.teacher_views,
-            "warmup_steps": warm, "median_s": med, "times_s": {**steps, **pieces},
-            "ratio": med["transfer_step"] / med["simclr_step"]}
+            "warmup_steps": warm, "median_s": med, "min_s": low, "times_s": {**steps, **pieces},
+            "ratio": med["transfer_step"] / med["simclr_step"],
+            "ratio_of_minima": low["transfer_step"] / low["simclr_step"]}
 
 
 # ------------------------------------------------------------------------------- report
@@ -260,27 +264,32 @@ def markdown(res: dict, command: str) -> str:
         "",
         "## Summary",
         "",
-        "| ratio | measured | target | |",
-        "|---|---:|---:|---|",
+        "| ratio | measured (medians) | ratio of the minima | target | |",
+        "|---|---:|---:|---:|---|",
         f"| relaxed contrastive loss fwd + bwd (n = {lo['n']}, d = {lo['d']}) / one n×n×d matmul | "
-        f"{lo['ratio']:.2f}× | ≤ {LOSS_TARGET:g}× | {ok(lo['ratio'], LOSS_TARGET)} |",
+        f"{lo['ratio']:.2f}× | {lo['ratio_of_minima']:.2f}× | ≤ {LOSS_TARGET:g}× | {ok(lo['ratio'], LOSS_TARGET)} |",
         f"| transfer step / SimCLR step (same student, same batch) | {st['ratio']:.2f}× | "
-        f"≤ {STEP_TARGET:g}× | {ok(st['ratio'], STEP_TARGET)} |",
+        f"{st['ratio_of_minima']:.2f}× | ≤ {STEP_TARGET:g}× | {ok(st['ratio'], STEP_TARGET)} |",
+        "",
+        "The verdict uses the medians; the minima (fastest repeat of each) are shown as the "
+        "estimate for an unloaded machine.",
         "",
         "## 1. Loss against one matmul",
         "",
         f"n = {lo['n']} embeddings, d = {lo['d']} (student and teacher), float32, sigma 3, delta 1.",
         "",
-        "| call | median ms | / matmul |",
-        "|---|---:|---:|",
-        f"| one ({lo['n']}, {lo['n']}) @ ({lo['n']}, {lo['d']}) matmul | {ms(lm['matmul'])} | 1.00 |",
-        f"| `RelaxedContrastiveLoss` forward + backward | {ms(lm['loss_fwd_bwd'])} | {lo['ratio']:.2f} |",
-        f"| `RelaxedContrastiveLoss` forward only (no grad) | {ms(lm['loss_fwd_no_grad'])} | "
-        f"{lo['ratio_fwd_no_grad']:.2f} |",
-        f"| teacher relaxed labels alone (normalise, Gram, exp) | {ms(lm['teacher_labels'])} | "
-        f"{lo['ratio_teacher_labels']:.2f} |",
-        f"| same loss as plain autograd on the formula (before) | {ms(lm['autograd_fwd_bwd'])} | "
-        f"{lo['ratio_autograd']:.2f} |",
+        "| call | median ms | / matmul | min ms | / matmul (min) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    mn = lo["min_s"]
+    for key, label in (("matmul", f"one ({lo['n']}, {lo['n']}) @ ({lo['n']}, {lo['d']}) matmul"),
+                       ("loss_fwd_bwd", "`RelaxedContrastiveLoss` forward + backward"),
+                       ("loss_fwd_no_grad", "`RelaxedContrastiveLoss` forward only (no grad)"),
+                       ("teacher_labels", "teacher relaxed labels alone (normalise, Gram, exp)"),
+                       ("autograd_fwd_bwd", "same loss as plain autograd on the formula (before)")):
+        lines.append(f"| {label} | {ms(lm[key])} | {lm[key] / lm['matmul']:.2f} | {ms(mn[key])} | "
+                     f"{mn[key] / mn['matmul']:.2f} |")
+    lines += [
         "",
         "The loss needs three products of this size: the teacher's Gram matrix (for w), the "
         "student's (for D) and one in the backward pass ((P + Pᵀ) s); both Gram matrices are "
@@ -301,20 +310,21 @@ def markdown(res: dict, command: str) -> str:
         f"{st['memory_size']} (the loss sees n = {st['loss_pairs_n']} embeddings). Whole optimisation "
         "steps through Lightning (forward, backward, optimizer step), data already in memory.",
         "",
-        "| measured | median ms | / SimCLR step |",
-        "|---|---:|---:|",
-        f"| SimCLR step (`SimCLRModule`) | {ms(sm['simclr_step'])} | 1.00 |",
-        f"| transfer step (`TransferModule`) | {ms(sm['transfer_step'])} | {st['ratio']:.2f} |",
-        f"| piece: backbone forward + backward on the {st['batch_size'] * st['views']} views | "
-        f"{ms(sm['backbone_fwd_bwd'])} | {sm['backbone_fwd_bwd'] / sm['simclr_step']:.2f} |",
-        f"| piece: SimCLR projection head + NT-Xent, fwd + bwd | {ms(sm['simclr_head_and_loss'])} | "
-        f"{sm['simclr_head_and_loss'] / sm['simclr_step']:.2f} |",
-        f"| piece: frozen teacher forward (transfer only) | {ms(sm['teacher_forward'])} | "
-        f"{sm['teacher_forward'] / sm['simclr_step']:.2f} |",
-        f"| piece: transfer loss fwd + bwd at n = {st['loss_pairs_n']} (transfer only) | "
-        f"{ms(sm['transfer_loss_fwd_bwd'])} | {sm['transfer_loss_fwd_bwd'] / sm['simclr_step']:.2f} |",
-        "",
+        "| measured | median ms | / SimCLR step | min ms | / SimCLR step (min) |",
+        "|---|---:|---:|---:|---:|",
     ]
+    sn = st["min_s"]
+    for key, label in (("simclr_step", "SimCLR step (`SimCLRModule`)"),
+                       ("transfer_step", "transfer step (`TransferModule`)"),
+                       ("backbone_fwd_bwd", f"piece: backbone forward + backward on the "
+                                            f"{st['batch_size'] * st['views']} views"),
+                       ("simclr_head_and_loss", "piece: SimCLR projection head + NT-Xent, fwd + bwd"),
+                       ("teacher_forward", "piece: frozen teacher forward (transfer only)"),
+                       ("transfer_loss_fwd_bwd", f"piece: transfer loss fwd + bwd at n = {st['loss_pairs_n']} "
+                                                 "(transfer only)")):
+        lines.append(f"| {label} | {ms(sm[key])} | {sm[key] / sm['simclr_step']:.2f} | {ms(sn[key])} | "
+                     f"{sn[key] / sn['simclr_step']:.2f} |")
+    lines.append("")
     lines += res.get("notes", [])
     return "\n".join(lines) + "\n"
 
