@@ -171,9 +171,8 @@ class _DenseRelaxedContrastive(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, s: Tensor, teacher: Tensor, sigma: float, delta: float, need_grad: bool) -> Tensor:
-        # Three (n, n) buffers are allocated (fresh large allocations cost page faults, so every
-        # other step works in place): `dist` (sq -> D -> D̃ m²), `w` (w -> a -> n P) and `buf`
-        # (h -> (1 - w) h -> a D̃ -> q).
+        # Three (n, n) buffers are allocated, every other step works in place on them:
+        # `dist` (sq -> D -> D̃ -> D̃ m²), `w` (w -> a -> n P) and `buf` (h -> (1 - w) h -> a D̃ -> q).
         n = s.shape[0]
         w = _relaxed_labels_fused(teacher, sigma).to(s.dtype)  # (n, n)
         sq_norms = (s * s).sum(dim=1)  # (n,)
