@@ -107,3 +107,20 @@ def test_student_of_another_size_trains_against_the_teacher(setting, kw):
     assert student.embed(x).shape == (4, cfg.embed_dim)
     assert module.memory_teacher.shape[1] == spec.feat_dim
     assert any(not torch.equal(v, before[k]) for k, v in student.state_dict().items() if "weight" in k)
+
+
+@pytest.mark.parametrize("name,source", [("cifar10_simclr_transfer.yaml", "cifar10_simclr.yaml"),
+                                         ("stl10_simclr_transfer.yaml", "stl10_simclr.yaml"),
+                                         ("imagenet_simclr_transfer.yaml", "imagenet_simclr.yaml"),
+                                         ("cifar10_transfer_dim64.yaml", "cifar10_simclr.yaml"),
+                                         ("cifar10_compression.yaml", "cifar10_simclr.yaml")])
+def test_transfer_config_describes_the_teacher_of_its_source_config(name, source):
+    """The source section must match teacher.pt (load_teacher checks the backbone) and is the
+    recipe of the "teacher continued" control: it equals the source stage's config."""
+    src = ROOT / "configs" / source
+    if not src.is_file():
+        pytest.skip(f"{source} not present")
+    cfg, ref = load_config(ROOT / "configs" / name), load_config(src)
+    expected = vars(ref.source) | ({"backbone": "resnet50"} if "compression" in name else {})
+    assert vars(cfg.source) == expected
+    assert (cfg.data.name, cfg.data.val_size) == (ref.data.name, ref.data.val_size)
