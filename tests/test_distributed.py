@@ -78,3 +78,70 @@ def test_two_process_loss_and_gradients_equal_single_process():
 def test_gather_is_identity_without_process_group():
     s = torch.randn(6, 3)
     assert gather_views(s, 2) is s
+
+
+def bn_data():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(WORLD * 4, 3, 5, 5, generator=g, dtype=torch.float64) * 2 + 1  # global batch
+    w = torch.randn(WORLD * 4, 3, 5, 5, generator=g, dtype=torch.float64)  # loss = sum(w * bn(x))
+    return x, w
+
+
+def bn_model():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.BatchNorm2d(3)).double()
+    torch.nn.init.normal_(model[0].weight)
+    torch.nn.init.normal_(model[0].bias)
+    return model
+
+
+def bn_worker(rank, port, results):
+    from ssl_transfer.distributed import CPUSyncBatchNorm, GlobalBatchNorm
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        x, w = bn_data()
+        mine = slice(rank * 4, (rank + 1) * 4)
+        plugin, model = GlobalBatchNorm(), bn_model()
+        weight = model[0].weight
+        plugin.apply(model)
+        assert type(model[0]) is CPUSyncBatchNorm and model[0].weight is weight  # converted in place
+        xl = x[mine].clone().requires_grad_(True)
+        for _ in range(2):  # twice: running statistics accumulate
+            xl.grad = None
+            model.zero_grad()
+            y = model(xl)
+            (w[mine] * y).sum().backward()
+        grads = torch.cat([model[0].weight.grad, model[0].bias.grad])
+        dist.all_reduce(grads)  # the loss is a sum over processes: sum the parameter gradients
+        results[rank] = {"y": y.detach(), "x_grad": xl.grad, "param_grad": grads,
+                         "running": torch.cat([model[0].running_mean, model[0].running_var])}
+        plugin.revert(model)
+        assert type(model[0]) is torch.nn.BatchNorm2d and model[0].weight is weight
+    finally:
+        dist.destroy_process_group()
+
+
+def test_global_batchnorm_on_cpu_equals_batchnorm_on_the_whole_batch():
+    """torch's SyncBatchNorm (and DDP with it) refuse CPU tensors; ours gives, on 2 gloo processes,
+    the outputs, input and parameter gradients and running statistics of one BatchNorm2d on the
+    global batch, and reverts to the original layer."""
+    x, w = bn_data()
+    model = bn_model()
+    xg = x.clone().requires_grad_(True)
+    for _ in range(2):
+        xg.grad = None
+        model.zero_grad()
+        y = model(xg)
+        (w * y).sum().backward()
+    ref = {"y": y.detach(), "x_grad": xg.grad, "param_grad": torch.cat([model[0].weight.grad, model[0].bias.grad]),
+           "running": torch.cat([model[0].running_mean, model[0].running_var])}
+    results = mp.Manager().dict()
+    mp.spawn(bn_worker, args=(free_port(), results), nprocs=WORLD, join=True)
+    for rank in range(WORLD):
+        got, mine = results[rank], slice(rank * 4, (rank + 1) * 4)
+        torch.testing.assert_close(got["y"], ref["y"][mine], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(got["x_grad"], ref["x_grad"][mine], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(got["param_grad"], ref["param_grad"], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(got["running"], ref["running"], rtol=1e-10, atol=1e-12)
