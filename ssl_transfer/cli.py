@@ -88,6 +88,8 @@ def _run(args) -> int:
         check_out_dir(out, args.overwrite)  # fail before loading data or training
     results = run(cfg, out, overwrite=args.overwrite, teacher_path=getattr(args, "teacher", None),
                   resume=args.resume)
+    if results is None:  # a DDP worker process: global rank 0 evaluates, writes and reports
+        return 0
     from .report import report_markdown
 
     print(report_markdown(results))

@@ -200,14 +200,31 @@ class ControlsConfig:
 
 @dataclass
 class TrainerConfig:
-    """Options passed to lightning.Trainer, plus CPU threads."""
+    """Options passed to lightning.Trainer, plus CPU threads.
+
+    Several processes (``devices: 2, strategy: ddp``; docs/reliability.md "Distributed"):
+    ``data.batch_size`` stays the *global* batch, split evenly over the processes (it must be
+    divisible by their number), so the learning rate (and its ``lr_scale_with_batch``), the
+    steps per epoch, the images of every step and the losses (computed on the gathered global
+    batch) are those of one process; BatchNorm uses global-batch statistics (``sync_batchnorm``);
+    only global rank 0 evaluates and writes outputs. Final metrics equal the one-process run's
+    up to float reduction order (tests/test_ddp_run.py).
+    """
 
     accelerator: str = "auto"
+    #: Processes (devices) on this machine; more than one needs ``strategy`` ``ddp`` (or ``auto``).
     devices: int | str = 1
     strategy: str = "auto"
+    #: With several processes, BatchNorm normalises with the statistics of the global batch (as
+    #: one process would), on CPU too (ssl_transfer.distributed.GlobalBatchNorm); false: each
+    #: process uses its own share's statistics (faster on GPUs, results then depend on devices).
+    sync_batchnorm: bool = True
     precision: str = "32-true"
-    #: torch.set_num_threads; None leaves PyTorch's default.
+    #: torch threads per process (also exported as OMP_NUM_THREADS, so that DDP processes keep
+    #: it); None leaves PyTorch's default (under DDP Lightning's: CPU cores / processes).
     num_threads: int | None = None
+    #: torch.use_deterministic_algorithms (via Lightning): repeatable GPU runs at some speed
+    #: cost; CPU runs are repeatable without it (docs/reliability.md "Determinism").
     deterministic: bool = False
     log_every_n_steps: int = 10
     #: Write checkpoints/<stage>/last.ckpt every this many optimizer steps (0: at epoch ends

@@ -1,4 +1,8 @@
-"""Atomic file writes and the portable model checkpoint format (backbone + spec)."""
+"""Atomic file writes and the portable model checkpoint format (backbone + spec).
+
+Every output of a run goes through these writers; in DDP worker processes (global rank > 0)
+they write nothing, so processes never race on a file: global rank 0 writes every output.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .distributed import is_global_zero
 from .errors import CheckpointError
 from .models import BackboneSpec, build_from_spec
 
@@ -17,6 +22,8 @@ FORMAT_VERSION = 1
 
 
 def _atomic_replace(path: Path, write) -> None:
+    if not is_global_zero():
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -32,9 +32,10 @@ from linear_eval import extract_features, knn_accuracy, linear_probe
 from . import __version__
 from .config import RunConfig
 from .data import DataBundle
+from .distributed import GlobalBatchNorm, is_global_zero
 from .errors import NonFiniteError, OutputExistsError
 from .io import atomic_write_text, save_model
-from .sampling import EpochSampler
+from .sampling import EpochBatchSampler, check_batch_splits
 from .stages.base import steps_for
 from .stages.pretrain import SSLModule, build_ssl_module
 from .stages.transfer import FrozenTeacher, Student, TransferModule, build_student
@@ -43,7 +44,12 @@ log = logging.getLogger("ssl_transfer")
 
 
 def check_out_dir(out_dir: Path, overwrite: bool) -> None:
-    """Raise (changing nothing) if ``out_dir`` is a file, or holds files and not ``overwrite``."""
+    """Raise (changing nothing) if ``out_dir`` is a file, or holds files and not ``overwrite``.
+
+    Only global rank 0 owns the output directory: DDP worker processes, which Lightning starts
+    by re-running the command once rank 0 has begun training into it, skip the check."""
+    if not is_global_zero():
+        return
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputExistsError(f"--out '{out_dir}' is a file, not a directory; choose another --out")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
@@ -54,8 +60,10 @@ def check_out_dir(out_dir: Path, overwrite: bool) -> None:
 
 
 def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
-    """Refuse to reuse a non-empty directory unless ``overwrite``; then start it empty."""
+    """Refuse to reuse a non-empty directory unless ``overwrite``; then start it empty (rank 0)."""
     check_out_dir(out_dir, overwrite)
+    if not is_global_zero():
+        return
     if out_dir.exists() and any(out_dir.iterdir()):
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -85,8 +93,35 @@ def make_trainer(cfg: RunConfig, out_dir: Path, stage: str, max_steps: int) -> L
                                    every_n_train_steps=t.checkpoint_every_n_steps or None)],
         num_sanity_val_steps=0,
         limit_val_batches=0,
-        use_distributed_sampler=False,  # EpochSampler shards across processes itself
+        use_distributed_sampler=False,  # EpochBatchSampler splits every global batch itself
+        # under DDP: BatchNorm statistics of the global batch, on CPU too (no effect on 1 process)
+        plugins=[GlobalBatchNorm()] if t.sync_batchnorm else None,
     )
+
+
+def process_count(cfg: RunConfig) -> int:
+    """How many training processes ``cfg.trainer`` starts (Lightning resolves devices/strategy);
+    a one-line ConfigError for settings Lightning refuses or the pipeline does not support."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from .errors import ConfigError
+
+    t = cfg.trainer
+    try:
+        trainer = L.Trainer(accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
+                            logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False)
+    except (MisconfigurationException, ValueError, RuntimeError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"trainer.accelerator = {t.accelerator!r}, trainer.devices = {t.devices!r}, "
+                          f"trainer.strategy = {t.strategy!r} are refused by Lightning ({first}); "
+                          "fix these trainer.* settings") from None
+    processes = trainer.num_devices * trainer.num_nodes
+    if processes > 1 and t.strategy not in ("auto", "ddp"):
+        raise ConfigError(f"trainer.strategy = {t.strategy!r} with {processes} processes is not supported: the "
+                          "pipeline runs several stages and evaluates in the launching process; use "
+                          "trainer.strategy: ddp")
+    return processes
 
 
 def _fit(cfg: RunConfig, out_dir: Path, stage: str, module: L.LightningModule, loader,
@@ -94,23 +129,23 @@ def _fit(cfg: RunConfig, out_dir: Path, stage: str, module: L.LightningModule, l
     """Train ``module`` for ``epochs``; with ``resume`` continue from the stage's last.ckpt.
 
     Resuming restores weights, optimiser, scheduler, loop counters and every persistent buffer
-    (Lightning), continues the data stream at the checkpoint's exact position (EpochSampler;
+    (Lightning), continues the data stream at the checkpoint's exact position (EpochBatchSampler;
     augmentations are seeded per sample) and keeps the CSV log rows written before the kill.
     """
     L.seed_everything(seed, workers=True, verbose=False)
     steps = steps_for(epochs, len(loader))
     trainer = make_trainer(cfg, out_dir, stage, steps)
-    sampler = getattr(loader, "sampler", None)
-    if isinstance(sampler, EpochSampler):
+    batches = getattr(loader, "batch_sampler", None)
+    if isinstance(batches, EpochBatchSampler):
         per_epoch = len(loader)
-        sampler.position = lambda: (trainer.current_epoch,
-                                    (trainer.global_step - trainer.current_epoch * per_epoch) * loader.batch_size)
+        batches.position = lambda: (trainer.current_epoch, trainer.global_step - trainer.current_epoch * per_epoch)
     ckpt = out_dir / "checkpoints" / stage / "last.ckpt"
     ckpt_path = str(ckpt) if resume and ckpt.is_file() else None
     log_file = out_dir / "logs" / stage / "metrics.csv"
     old_log = log_file.read_text() if ckpt_path and log_file.is_file() else None
     start = time.perf_counter()
     trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
+    module.float()  # trainer.precision 64-true / 16-true train in that dtype; models are saved and evaluated in float32
     seconds = time.perf_counter() - start
     if old_log is not None:
         _merge_logs(log_file, old_log)
@@ -381,7 +416,7 @@ def _load_student(cfg: RunConfig, teacher: SSLModule, bundle: DataBundle, path: 
 
 def run(cfg: RunConfig, out_dir: str | os.PathLike, overwrite: bool = False,
         bundle: DataBundle | None = None, teacher_path: str | os.PathLike | None = None,
-        resume: bool = False) -> dict[str, Any]:
+        resume: bool = False) -> dict[str, Any] | None:
     """Run the whole pipeline into ``out_dir`` and return the results dict (also results.json).
 
     With ``teacher_path`` (a run's teacher.pt) the source stage is skipped and that teacher is
@@ -389,12 +424,22 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, overwrite: bool = False,
     continues: finished stages are loaded from their saved models, the interrupted stage
     continues from its last checkpoint, and the final numbers equal an uninterrupted run's.
     A non-finite loss stops the run with a NonFiniteError and a results.json saying so.
+
+    Under DDP (``trainer.devices`` > 1) every process runs this function (Lightning's launcher
+    re-runs the command): all train every stage on their share of each global batch, only
+    global rank 0 prepares ``out_dir``, evaluates and writes; the other processes return None
+    when training ends.
     """
     out_dir = Path(out_dir)
     total_start = time.perf_counter()
     # everything that can fail on bad input happens before the output directory is touched
     bundle = bundle or DataBundle.from_config(cfg.data, cfg.seed, method=cfg.source.method)
     bundle.train_loader(cfg.seed)  # validates the batch size against the data
+    setup_runtime(cfg)
+    processes = process_count(cfg)
+    check_batch_splits(cfg.data.batch_size, processes)
+    if processes > 1 and cfg.trainer.num_threads:  # else Lightning sets cores / processes at launch
+        os.environ["OMP_NUM_THREADS"] = str(cfg.trainer.num_threads)
     loaded = load_teacher(cfg, teacher_path, bundle) if teacher_path else None
     if resume:
         state = _read_state(out_dir, cfg)
@@ -403,7 +448,6 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, overwrite: bool = False,
         state = {"config": cfg.to_dict(), "teacher_checkpoint": str(teacher_path) if teacher_path else None,
                  "finished": {}, "status": "running"}
         _write_state(out_dir, state)
-    setup_runtime(cfg)
     done = state["finished"]
 
     def stage(name: str, train, load):
@@ -434,6 +478,8 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, overwrite: bool = False,
         return student, t["transfer"]
 
     student = stage("transfer", train_student, lambda: _load_student(cfg, teacher, bundle, out_dir / "student.pt"))
+    if not is_global_zero():
+        return None  # a DDP worker: training is done, rank 0 evaluates and writes
     timings: dict[str, float] = dict(done)
 
     # evaluation: every selection on val, the test split once per model, after training

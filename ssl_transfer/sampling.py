@@ -1,15 +1,17 @@
 """Reproducible, resumable training data order and augmentation.
 
-Two pieces make every training batch a pure function of ``(seed, epoch, position)``:
+Two pieces make every training batch a pure function of ``(seed, epoch, step)``:
 
-- :class:`EpochSampler` draws the permutation of epoch ``e`` from ``seed + e`` (shared by all
-  processes), gives each DDP process its own equal-length slice, and yields *keys*
-  ``e * n + i`` instead of bare indices ``i``. ``skip`` drops the first samples of the next
-  iteration: resuming mid-epoch continues exactly where the interrupted run stopped.
+- :class:`EpochBatchSampler` draws the permutation of epoch ``e`` from ``(seed, e)`` (shared by
+  all processes), cuts it into global batches of ``data.batch_size`` and gives each of the k DDP
+  processes a contiguous ``batch_size / k`` slice of every global batch, so the gathered batch
+  [process 0; process 1; ...] is the single-process batch, in the same order. It yields *keys*
+  ``e * n + i`` instead of bare indices ``i``. ``skip`` drops the first global batches of the
+  next iteration: resuming mid-epoch continues exactly where the interrupted run stopped.
 - :class:`SeededDataset` decodes a key into ``(epoch, i)`` and seeds Python's, NumPy's and
   PyTorch's RNGs from ``(seed, epoch, i)`` around the wrapped dataset's ``__getitem__``, so the
   random augmentation of image ``i`` in epoch ``e`` does not depend on the number of loader
-  workers, on which worker loads it, or on what was loaded before.
+  workers, on which worker or process loads it, or on what was loaded before.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, Sampler, get_worker_info
+
+from .errors import ConfigError
 
 
 def _mix(*parts: int) -> int:
@@ -63,20 +67,33 @@ class SeededDataset(Dataset):
                 torch.set_rng_state(saved[2])
 
 
-class EpochSampler(Sampler[int]):
-    """Per-epoch permutation of ``range(n)`` from ``seed + epoch``; yields keys ``epoch * n + i``.
+def check_batch_splits(batch_size: int, processes: int) -> None:
+    """Raise a ConfigError unless the global batch splits evenly over the processes."""
+    if batch_size % processes:
+        raise ConfigError(
+            f"data.batch_size = {batch_size} (the global batch) does not split evenly over {processes} "
+            f"processes; set data.batch_size to a multiple of {processes} or change trainer.devices"
+        )
 
-    Under ``torch.distributed`` each of the k processes takes every k-th item of the
-    permutation (truncated to a multiple of k, so all get the same count). ``set_epoch`` is
-    called by Lightning at every epoch start; ``skip`` (items, per process) applies once.
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """Batches of keys ``epoch * n + i``: global batch j of epoch e is items
+    ``[j·B, (j+1)·B)`` of the permutation drawn from ``(seed, e)``; the incomplete last batch is
+    dropped.
+
+    ``batch_size`` B is the *global* batch. Under ``torch.distributed`` with k processes, process
+    r takes items ``[j·B + r·B/k, j·B + (r+1)·B/k)`` of every global batch (B must be divisible
+    by k), so ``len`` (steps per epoch, n // B), the images of every step and their order after
+    gathering do not depend on k. ``set_epoch`` is called by Lightning at every epoch start;
+    ``skip`` (global batches) applies once.
     """
 
-    def __init__(self, n: int, seed: int, shuffle: bool = True):
-        self.n, self.seed, self.shuffle = int(n), int(seed), shuffle
+    def __init__(self, n: int, seed: int, batch_size: int, shuffle: bool = True):
+        self.n, self.seed, self.batch_size, self.shuffle = int(n), int(seed), int(batch_size), shuffle
         self.epoch = 0
         self.skip = 0
-        #: Optional callable returning (epoch, items already consumed in it), read when an
-        #: iteration starts; the training loop sets it so that a restored run continues at the
+        #: Optional callable returning (epoch, global batches already consumed in it), read when
+        #: an iteration starts; the training loop sets it so that a restored run continues at the
         #: exact position of its checkpoint (Lightning creates the iterator before set_epoch).
         self.position = None
 
@@ -90,22 +107,24 @@ class EpochSampler(Sampler[int]):
         return 0, 1
 
     def __len__(self) -> int:
-        return self.n // self._world()[1]
+        return self.n // self.batch_size
 
-    def indices(self, epoch: int) -> list[int]:
-        """This process's item indices of ``epoch`` (before ``skip``)."""
+    def batches(self, epoch: int) -> list[list[int]]:
+        """This process's item indices for every step of ``epoch`` (before ``skip``)."""
         if self.shuffle:
             g = torch.Generator().manual_seed(_mix(self.seed, epoch))
             order = torch.randperm(self.n, generator=g).tolist()
         else:
             order = list(range(self.n))
         rank, world = self._world()
-        per = self.n // world
-        return order[rank: per * world: world]
+        check_batch_splits(self.batch_size, world)
+        b = self.batch_size // world
+        starts = range(rank * b, len(self) * self.batch_size, self.batch_size)
+        return [order[s: s + b] for s in starts]
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[list[int]]:
         if self.position is not None:
             self.epoch, self.skip = self.position()
         skip, self.skip = self.skip, 0
         base = self.epoch * self.n
-        return iter([base + i for i in self.indices(self.epoch)[skip:]])
+        return iter([[base + i for i in batch] for batch in self.batches(self.epoch)[skip:]])

@@ -3,10 +3,12 @@
 import random
 
 import numpy as np
+import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ssl_transfer.sampling import EpochSampler, SeededDataset
+from ssl_transfer.errors import ConfigError
+from ssl_transfer.sampling import EpochBatchSampler, SeededDataset
 
 
 class Noisy(Dataset):
@@ -19,39 +21,55 @@ class Noisy(Dataset):
         return torch.tensor([float(i), torch.rand(()).item(), random.random(), np.random.rand()])
 
 
+def flat(batches):
+    return [k for b in batches for k in b]
+
+
 def test_keys_encode_epoch_and_index_and_orders_differ_by_epoch():
-    s = EpochSampler(10, seed=3)
-    first = list(s)
-    assert sorted(k % 10 for k in first) == list(range(10)) and all(k < 10 for k in first)
+    s = EpochBatchSampler(10, seed=3, batch_size=5)
+    first = flat(s)
+    assert len(s) == 2 and sorted(k % 10 for k in first) == list(range(10)) and all(k < 10 for k in first)
     s.set_epoch(2)
-    second = list(s)
+    second = flat(s)
     assert all(20 <= k < 30 for k in second)
     assert [k % 10 for k in second] != [k % 10 for k in first]
-    assert list(EpochSampler(10, seed=3)) == first  # same seed, same order
+    assert flat(EpochBatchSampler(10, seed=3, batch_size=5)) == first  # same seed, same order
+
+
+def test_incomplete_last_batch_is_dropped():
+    s = EpochBatchSampler(10, seed=0, batch_size=4)
+    assert len(s) == 2 and [len(b) for b in s] == [4, 4]
 
 
 def test_skip_resumes_exactly_where_the_epoch_stopped():
-    s = EpochSampler(10, seed=1)
+    s = EpochBatchSampler(12, seed=1, batch_size=3)
     s.set_epoch(4)
     full = list(s)
-    s.skip = 6
-    assert list(s) == full[6:]
+    s.skip = 2  # global batches already consumed
+    assert list(s) == full[2:]
     assert list(s) == full  # skip applies once
 
 
-def test_shards_are_disjoint_equal_and_cover(monkeypatch):
-    shards = []
-    for rank in range(3):
-        monkeypatch.setattr(EpochSampler, "_world", staticmethod(lambda rank=rank: (rank, 3)))
-        s = EpochSampler(10, seed=0)
-        shards.append(s.indices(0))
-        assert len(s) == 3
-    assert all(len(x) == 3 for x in shards)
-    flat = [i for x in shards for i in x]
-    assert len(set(flat)) == 9
-    monkeypatch.setattr(EpochSampler, "_world", staticmethod(lambda: (0, 1)))
-    order = EpochSampler(10, seed=0).indices(0)  # the single-process permutation
-    assert [shards[r][j] for j in range(3) for r in range(3)] == order[:9]  # rank r takes every 3rd
+def test_processes_split_every_global_batch_in_order(monkeypatch):
+    """k processes, global batch B: each step, process r loads the r-th B/k slice of the
+    single-process batch, so gathering [rank 0; rank 1; ...] gives that batch in its order."""
+    single = list(EpochBatchSampler(25, seed=0, batch_size=6))  # 4 steps, 1 image dropped
+    for world in (2, 3):
+        shards = []
+        for rank in range(world):
+            monkeypatch.setattr(EpochBatchSampler, "_world", staticmethod(lambda r=rank, w=world: (r, w)))
+            s = EpochBatchSampler(25, seed=0, batch_size=6)
+            assert len(s) == 4  # steps per epoch do not depend on the number of processes
+            shards.append(list(s))
+        assert all(len(b) == 6 // world for x in shards for b in x)
+        for step in range(4):
+            assert [k for r in range(world) for k in shards[r][step]] == single[step]
+
+
+def test_global_batch_must_split_over_processes(monkeypatch):
+    monkeypatch.setattr(EpochBatchSampler, "_world", staticmethod(lambda: (0, 4)))
+    with pytest.raises(ConfigError, match="data.batch_size = 6 .* does not split evenly over 4 processes"):
+        list(EpochBatchSampler(24, seed=0, batch_size=6))
 
 
 def test_augmentation_is_a_function_of_seed_epoch_index_only():
@@ -70,7 +88,6 @@ def test_augmentation_is_a_function_of_seed_epoch_index_only():
 def test_loader_batches_do_not_depend_on_workers():
     def batches(workers):
         ds = SeededDataset(Noisy(), seed=2)
-        return [b for b in DataLoader(ds, batch_size=4, sampler=EpochSampler(10, 2), num_workers=workers,
-                                      drop_last=True)]
+        return [b for b in DataLoader(ds, batch_sampler=EpochBatchSampler(10, 2, batch_size=4), num_workers=workers)]
     for x, y in zip(batches(0), batches(2)):
         assert torch.equal(x, y)

@@ -25,7 +25,7 @@ from torchvision import transforms as T
 
 from ..config import DataConfig
 from ..errors import DataError
-from ..sampling import EpochSampler, SeededDataset
+from ..sampling import EpochBatchSampler, SeededDataset
 from .base import Source
 from .sources import load_source
 from .views import multi_view_transform
@@ -262,8 +262,9 @@ class DataBundle:
     def train_loader(self, seed: int, clean: bool = False, method: str | None = None) -> DataLoader:
         """Shuffled batches of augmented views (views of ``method``, default ``self.method``).
 
-        Use ``trainer.use_distributed_sampler=False`` with it: :class:`EpochSampler` shards the
-        data across DDP processes itself.
+        ``data.batch_size`` is the global batch: under DDP each of k processes loads its
+        ``batch_size / k`` share of every step (:class:`EpochBatchSampler`; use
+        ``trainer.use_distributed_sampler=False`` with it).
         """
         if len(self.train_idx) < self.cfg.batch_size:
             raise DataError(
@@ -275,9 +276,7 @@ class DataBundle:
         dataset = SeededDataset(self.view_dataset(clean, method), seed)
         return DataLoader(
             dataset,
-            batch_size=self.cfg.batch_size,
-            sampler=EpochSampler(len(dataset), seed),
-            drop_last=True,
+            batch_sampler=EpochBatchSampler(len(dataset), seed, self.cfg.batch_size),
             num_workers=self.cfg.num_workers,
             persistent_workers=self.cfg.num_workers > 0,
         )

@@ -6,9 +6,11 @@ import math
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from lightly.utils.lars import LARS
 from lightly.utils.scheduler import CosineWarmupScheduler
 
+from ..distributed import world_size
 from ..errors import NonFiniteError
 
 
@@ -48,15 +50,23 @@ class StageModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def check_finite(self, value: torch.Tensor, what: str) -> None:
-        if not torch.isfinite(value).all():
+        """Raise NonFiniteError if ``value`` holds NaN or Inf, in every DDP process at once (a
+        process's local embeddings can be non-finite alone; the others must not wait forever)."""
+        bad = ~torch.isfinite(value).all()
+        if world_size() > 1:
+            bad = bad.to(torch.int32)
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        if bad:
             raise NonFiniteError(
                 f"non-finite {what} in stage '{self.stage}' at epoch {self.current_epoch}, step "
                 f"{self.global_step}; lower the learning rate or check the inputs"
             )
 
     def log_loss(self, loss: torch.Tensor, batch_size: int) -> None:
+        """Log the loss; under DDP its mean over processes: the global-batch loss both for losses
+        computed on the gathered batch (equal everywhere) and for per-process means (NT-Xent)."""
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True,
-                 batch_size=batch_size, sync_dist=False)
+                 batch_size=batch_size, sync_dist=True)
         sched = self.lr_schedulers()
         if sched is not None:
             self.log("lr", sched.get_last_lr()[0], on_step=True, on_epoch=False, batch_size=batch_size)

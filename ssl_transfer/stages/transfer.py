@@ -119,6 +119,12 @@ class TransferModule(StageModule):
         self.register_buffer("memory_student", torch.zeros(m, student.embed_dim))
         self.register_buffer("memory_teacher", torch.zeros(m, teacher_dim or student.embed_dim))
         self.register_buffer("memory_count", torch.zeros((), dtype=torch.long))
+        # Under DDP these are equal in every process by construction (the cache comes from the same
+        # frozen teacher, the memory is filled with the gathered global batch): DDP need not
+        # broadcast them from rank 0 before every step (the cache can hold millions of rows).
+        self._ddp_params_and_buffers_to_ignore = [
+            name for name, _ in self.named_buffers(recurse=False)
+            if name in ("teacher_cache", "memory_student", "memory_teacher", "memory_count")]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.student(x)
