@@ -198,6 +198,8 @@ def aggregate(rows: list[dict]) -> dict[float, dict[str, dict]]:
         for model in [m for m in ORDER if any(k[0] == epochs and k[2] == m for k in by)]:
             seeds = sorted(k[1] for k in by if k[0] == epochs and k[2] == model)
             entry: dict = {"seeds": seeds}
+            train = [by[(epochs, s, model)].get("train_s") for s in seeds]
+            entry["train_s"] = statistics.fmean(train) if all(t is not None for t in train) else None
             for key, _ in METRICS:
                 vals = [100 * by[(epochs, s, model)][key] for s in seeds]
                 entry[key] = mean_std(vals)
@@ -226,14 +228,15 @@ def table(agg: dict) -> str:
     for epochs, models in agg.items():
         lines += [f"### Teacher of {epochs:g} epochs", "",
                   "| model | seeds | val linear | val kNN | test linear | test kNN | Δ test linear vs teacher "
-                  "| Δ test kNN vs teacher | Δ test linear vs continued | Δ test kNN vs continued |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| Δ test kNN vs teacher | Δ test linear vs continued | Δ test kNN vs continued | train s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for model, e in models.items():
             cells = [fmt(e[k]) for k, _ in METRICS]
             deltas = [fmt(e[f"d_{ref}_{k}"], signed=True) if f"d_{ref}_{k}" in e else "–"
                       for ref in ("teacher", "teacher_continued") for k in ("linear_acc", "knn_acc")]
+            train = "–" if e["train_s"] is None else f"{e['train_s']:.0f}"
             lines.append(f"| {model}: {DESCRIPTION.get(model, model)} | {len(e['seeds'])} | "
-                         + " | ".join(cells + deltas) + " |")
+                         + " | ".join(cells + deltas + [train]) + " |")
         lines.append("")
     return "\n".join(lines)
 
