@@ -144,6 +144,8 @@ def _fit(cfg: RunConfig, out_dir: Path, stage: str, module: L.LightningModule, l
     log_file = out_dir / "logs" / stage / "metrics.csv"
     old_log = log_file.read_text() if ckpt_path and log_file.is_file() else None
     start = time.perf_counter()
+    if cfg.trainer.precision.startswith("64"):
+        module.double()  # Lightning restores a checkpoint before converting: keep float64 weights exact
     trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
     module.float()  # trainer.precision 64-true / 16-true train in that dtype; models are saved and evaluated in float32
     seconds = time.perf_counter() - start

@@ -96,3 +96,21 @@ def test_every_logged_loss_equals_the_single_process_run(runs):
         assert len(steps_1) == len(steps_2) == 4, stage
         assert steps_2 == pytest.approx(steps_1, rel=LOSS_RTOL), stage
         assert final_2 == pytest.approx(final_1, rel=LOSS_RTOL), stage
+
+
+@pytest.mark.parametrize("settings, message", [
+    (["trainer.devices=2", "trainer.strategy=ddp", "data.batch_size=63"],
+     "data.batch_size = 63 (the global batch) does not split evenly over 2 processes; set data.batch_size "
+     "to a multiple of 2"),
+    (["trainer.devices=2", "trainer.strategy=ddp_spawn"],
+     "trainer.strategy = 'ddp_spawn' with 2 processes is not supported"),
+    (["trainer.accelerator=cpu", "trainer.devices=0"], "are refused by Lightning ("),
+])
+def test_bad_distributed_settings_fail_before_anything_is_written(settings, message, repo_root, tmp_path, capsys):
+    from ssl_transfer.cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", str(repo_root / "configs" / "smoke.yaml"), "--out", str(out), "--set", *settings]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists()
