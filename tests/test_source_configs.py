@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_datasets_formats import WNIDS, make_cifar, make_stl10, make_tree
 
-from ssl_transfer.config import load_config
+from ssl_transfer.config import config_from_dict, load_config
 from ssl_transfer.data import DataBundle
 from ssl_transfer.stages.pretrain import MoCoV2Module, SimCLRModule, build_ssl_module
 
@@ -25,7 +25,9 @@ def _no_env_data(monkeypatch):
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_config_loads(name):
-    load_config(ROOT / "configs" / name)
+    cfg = load_config(ROOT / "configs" / name)  # raises ConfigError on any invalid key or value
+    # the resolved config written to run.json / results.json rebuilds the same config (--resume relies on it)
+    assert config_from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
 
 
 def test_the_source_configs_exist():
