@@ -188,6 +188,11 @@ class EvalConfig:
     recall_ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     #: Where features are extracted and the probe fitted: auto (CUDA when available), cpu, cuda.
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: kNN monitor: log the validation kNN accuracy (knn_k, knn_temperature; bank = the
+    #: eval_train images) of the model being trained every this many epochs (fractions allowed)
+    #: and at the end of every training stage, as ``val_knn_acc`` in logs/<stage>/metrics.csv
+    #: and ``monitor`` in results.json. 0 = off. Monitoring only: nothing is selected on it.
+    knn_monitor_every: float = 0.0
 
 
 @dataclass
@@ -266,7 +271,7 @@ _AT_LEAST_ONE = {
 _NON_NEGATIVE = {
     "transfer.rkd_dist_weight", "transfer.rkd_angle_weight", "transfer.memory_size",
     "data.val_size", "data.num_workers", "trainer.checkpoint_every_n_steps", "source.weight_decay", "source.momentum",
-    "transfer.weight_decay", "transfer.momentum",
+    "transfer.weight_decay", "transfer.momentum", "eval.knn_monitor_every",
 }
 _UNIT_INTERVAL = {
     "data.cj_prob", "data.hf_prob", "data.random_gray_scale", "data.gaussian_blur",

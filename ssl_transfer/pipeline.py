@@ -69,7 +69,7 @@ def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
-def make_trainer(cfg: RunConfig, out_dir: Path, stage: str, max_steps: int) -> L.Trainer:
+def make_trainer(cfg: RunConfig, out_dir: Path, stage: str, max_steps: int, callbacks=()) -> L.Trainer:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
@@ -90,7 +90,7 @@ def make_trainer(cfg: RunConfig, out_dir: Path, stage: str, max_steps: int) -> L
                          flush_logs_every_n_steps=t.log_every_n_steps),
         callbacks=[ModelCheckpoint(dirpath=str(out_dir / "checkpoints" / stage), save_last=True,
                                    save_top_k=0, save_on_train_epoch_end=True, enable_version_counter=False,
-                                   every_n_train_steps=t.checkpoint_every_n_steps or None)],
+                                   every_n_train_steps=t.checkpoint_every_n_steps or None), *callbacks],
         num_sanity_val_steps=0,
         limit_val_batches=0,
         use_distributed_sampler=False,  # EpochBatchSampler splits every global batch itself
@@ -125,8 +125,10 @@ def process_count(cfg: RunConfig) -> int:
 
 
 def _fit(cfg: RunConfig, out_dir: Path, stage: str, module: L.LightningModule, loader,
-         epochs: float, seed: int, resume: bool = False) -> float:
+         epochs: float, seed: int, resume: bool = False, bundle: DataBundle | None = None) -> float:
     """Train ``module`` for ``epochs``; with ``resume`` continue from the stage's last.ckpt.
+    With ``bundle`` and ``eval.knn_monitor_every`` > 0 a :class:`KNNMonitor` logs the
+    validation kNN accuracy while training.
 
     Resuming restores weights, optimiser, scheduler, loop counters and every persistent buffer
     (Lightning), continues the data stream at the checkpoint's exact position (EpochBatchSampler;
@@ -134,7 +136,14 @@ def _fit(cfg: RunConfig, out_dir: Path, stage: str, module: L.LightningModule, l
     """
     L.seed_everything(seed, workers=True, verbose=False)
     steps = steps_for(epochs, len(loader))
-    trainer = make_trainer(cfg, out_dir, stage, steps)
+    callbacks = []
+    if bundle is not None and cfg.eval.knn_monitor_every > 0:
+        from .monitor import KNNMonitor
+
+        callbacks.append(KNNMonitor(bundle.eval_loader("eval_train"), bundle.eval_loader("val"),
+                                    KNNMonitor.steps_for(cfg.eval.knn_monitor_every, len(loader)),
+                                    k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature))
+    trainer = make_trainer(cfg, out_dir, stage, steps, callbacks)
     batches = getattr(loader, "batch_sampler", None)
     if isinstance(batches, EpochBatchSampler):
         per_epoch = len(loader)
@@ -263,7 +272,7 @@ def pretrain_teacher(cfg: RunConfig, bundle: DataBundle, out_dir: Path,
     loader = bundle.train_loader(cfg.seed)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_ssl_module(cfg.source, bundle.channels, cfg.data.batch_size, bundle.num_classes)
-    seconds = _fit(cfg, out_dir, "source", module, loader, cfg.source.epochs, cfg.seed, resume)
+    seconds = _fit(cfg, out_dir, "source", module, loader, cfg.source.epochs, cfg.seed, resume, bundle)
     module.cpu()
     save_model(out_dir / "teacher.pt", module.backbone, module.spec,
                extra={**module.teacher_state(), **_extra(cfg, bundle)})
@@ -326,7 +335,8 @@ def continue_teacher(cfg: RunConfig, teacher: SSLModule, bundle: DataBundle,
     loader = bundle.train_loader(cfg.seed + 1)
     module = copy.deepcopy(teacher)
     module.stage = "teacher_continued"
-    seconds = _fit(cfg, out_dir, "teacher_continued", module, loader, cfg.transfer.epochs, cfg.seed + 1, resume)
+    seconds = _fit(cfg, out_dir, "teacher_continued", module, loader, cfg.transfer.epochs, cfg.seed + 1, resume,
+                   bundle)
     module.cpu()
     save_model(out_dir / "teacher_continued.pt", module.backbone, module.spec,
                extra={**module.teacher_state(), **_extra(cfg, bundle)})
@@ -352,7 +362,7 @@ def transfer_student(cfg: RunConfig, teacher: SSLModule, bundle: DataBundle, out
     teacher_dim = cfg.source.proj_out_dim if tc.teacher_output == "projection" else teacher.spec.feat_dim
     module = TransferModule(tc, student, frozen, cfg.data.batch_size, teacher_cache=cache,
                             teacher_dim=teacher_dim, views=cfg.data.views)
-    timings[name] = _fit(cfg, out_dir, name, module, loader, tc.epochs, cfg.seed + 2, resume)
+    timings[name] = _fit(cfg, out_dir, name, module, loader, tc.epochs, cfg.seed + 2, resume, bundle)
     module.cpu()
     save_model(out_dir / _student_file(name), student.backbone, student.spec,
                extra={"head": student.head.state_dict(), "embed_dim": student.embed_dim, **_extra(cfg, bundle)})
@@ -495,6 +505,7 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, overwrite: bool = False,
     results.update(run_metadata(cfg, bundle, teacher.spec, student))
     results["teacher_checkpoint"] = str(teacher_path) if teacher_path else str(out_dir / "teacher.pt")
     results["resumed"] = bool(resume)
+    results.update(_monitor(cfg, out_dir, [*done]))
     results["timings_s"] = timings
     atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2))
     from .report import write_report
@@ -503,6 +514,17 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, overwrite: bool = False,
     state["status"] = "completed"
     _write_state(out_dir, state)
     return results
+
+
+def _monitor(cfg: RunConfig, out_dir: Path, stages: list[str]) -> dict[str, Any]:
+    """``{"monitor": {stage: [{"step", "val_knn_acc"}, ...]}}`` from the stages' metrics.csv
+    (rows logged before a --resume included); {} when the kNN monitor is off."""
+    from .monitor import read_monitor
+
+    if cfg.eval.knn_monitor_every <= 0:
+        return {}
+    return {"monitor": {"metric": "val_knn_acc", "every_epochs": cfg.eval.knn_monitor_every,
+                        **{s: read_monitor(out_dir / "logs" / s / "metrics.csv") for s in stages}}}
 
 
 def _record_failure(out_dir: Path, state: dict[str, Any], stage: str, error: Exception) -> None:
@@ -567,6 +589,7 @@ def pretrain(cfg: RunConfig, out_dir: str | os.PathLike, overwrite: bool = False
         "versions": _versions(),
         "threads": torch.get_num_threads(),
         "teacher_checkpoint": str(out_dir / "teacher.pt"),
+        **_monitor(cfg, out_dir, ["source"]),
         "timings_s": {"source": seconds, "eval": results["teacher"]["eval_s"],
                       "total": time.perf_counter() - total_start},
         "status": "completed",

@@ -61,6 +61,12 @@ def report_markdown(results: dict) -> str:
             f"{_pct(m.get('val_linear_acc'))} | {_pct(m.get('val_knn_acc'))} | "
             f"{t.get(STAGE_TIME[name], 0):.0f} |"
         )
+    monitor = results.get("monitor")
+    if monitor:
+        lines += ["", f"kNN monitor (val kNN accuracy %, every {monitor['every_epochs']} epochs; "
+                  "plots/knn_monitor.png): " + "; ".join(
+                      f"{stage} " + ", ".join(f"step {r['step']} {_pct(r['val_knn_acc'])}" for r in rows)
+                      for stage, rows in monitor.items() if isinstance(rows, list) and rows)]
     lines += ["", "Timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()), ""]
     return "\n".join(lines)
 
@@ -97,6 +103,18 @@ def write_plots(results: dict, out_dir: Path) -> list[Path]:
         fig.savefig(plots / "loss_curves.png", dpi=110)
         plt.close(fig)
         written.append(plots / "loss_curves.png")
+    monitor = {k: v for k, v in (results.get("monitor") or {}).items() if isinstance(v, list) and v}
+    if monitor:
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        for stage, mrows in monitor.items():
+            ax.plot([r["step"] for r in mrows], [100 * r["val_knn_acc"] for r in mrows], marker="o", label=stage)
+        ax.set_xlabel("step of the stage")
+        ax.set_ylabel("val kNN accuracy (%)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(plots / "knn_monitor.png", dpi=110)
+        plt.close(fig)
+        written.append(plots / "knn_monitor.png")
     rows = model_rows(results)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     width = 0.8 / len(rows)

@@ -1,0 +1,100 @@
+"""kNN monitor (eval.knn_monitor_every): logged values equal the final evaluation's, training unchanged."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from linear_eval import extract_features, knn_accuracy
+from ssl_transfer.cli import main
+from ssl_transfer.config import load_config
+from ssl_transfer.errors import ConfigError
+from ssl_transfer.io import load_model
+from ssl_transfer.monitor import KNNMonitor, read_monitor
+
+
+@pytest.fixture(scope="module")
+def monitored_run(tmp_path_factory, repo_root):
+    out = tmp_path_factory.mktemp("monitor") / "run"
+    # smoke: 512 training images, batch 64 -> 8 steps per epoch; every 0.5 epoch = every 4 steps
+    code = main(["run", str(repo_root / "configs" / "smoke.yaml"), "--out", str(out),
+                 "--set", "eval.knn_monitor_every=0.5"])
+    assert code == 0
+    return out
+
+
+def test_monitor_rows_and_final_values_equal_the_evaluation(monitored_run):
+    r = json.loads((monitored_run / "results.json").read_text())
+    mon = r["monitor"]
+    assert mon["metric"] == "val_knn_acc" and mon["every_epochs"] == 0.5
+    for stage in ("source", "teacher_continued", "transfer"):
+        assert [row["step"] for row in mon[stage]] == [4, 8], stage
+        assert all(0.1 < row["val_knn_acc"] <= 1.0 for row in mon[stage])
+        assert mon[stage] == read_monitor(monitored_run / "logs" / stage / "metrics.csv")
+    # the last row is the final model: the same bank, split, k and T as the final evaluation
+    assert mon["source"][-1]["val_knn_acc"] == pytest.approx(r["teacher"]["val_knn_acc"], abs=1e-12)
+    assert mon["teacher_continued"][-1]["val_knn_acc"] == pytest.approx(
+        r["controls"]["teacher_continued"]["val_knn_acc"], abs=1e-12)
+    assert mon["transfer"][-1]["val_knn_acc"] == pytest.approx(r["student"]["val_knn_acc"], abs=1e-12)
+    assert "kNN monitor" in (monitored_run / "report.md").read_text()
+    assert (monitored_run / "plots" / "knn_monitor.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_monitor_does_not_change_training(monitored_run, repo_root, tmp_path):
+    """The source stage alone without the monitor ends with bit-identical teacher weights."""
+    out = tmp_path / "plain"
+    assert main(["pretrain", str(repo_root / "configs" / "smoke.yaml"), "--out", str(out)]) == 0
+    plain, _ = load_model(out / "teacher.pt")
+    monitored, _ = load_model(monitored_run / "teacher.pt")
+    a, b = plain.state_dict(), monitored.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert "monitor" not in json.loads((out / "results.json").read_text())
+
+
+def _toy():
+    torch.manual_seed(0)
+    x = torch.randn(120, 6)
+    y = (x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long()
+    bank = DataLoader(TensorDataset(x[:80], y[:80]), batch_size=32)
+    val = DataLoader(TensorDataset(x[80:], y[80:]), batch_size=32)
+    net = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 5))
+    return net, bank, val
+
+
+def test_accuracy_is_knn_of_frozen_features_and_changes_no_state():
+    net, bank, val = _toy()
+    holder = nn.Module()
+    holder.backbone = net
+    net.train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    rng = torch.get_rng_state()
+    mon = KNNMonitor(bank, val, every_steps=1, k=7, temperature=0.2)
+    acc = mon.accuracy(holder)
+    assert torch.equal(torch.get_rng_state(), rng)  # loaders draw seeds from it: restored
+    bx, by = extract_features(net, bank)
+    vx, vy = extract_features(net, val)
+    assert acc == pytest.approx(knn_accuracy(bx, by, vx, vy, k=7, temperature=0.2), abs=1e-12)
+    assert net.training  # training mode restored
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # BN statistics untouched
+
+
+def test_accuracy_of_a_float64_model_equals_float32():
+    net, bank, val = _toy()
+    holder = nn.Module()
+    holder.backbone = net
+    a32 = KNNMonitor(bank, val, every_steps=1, k=5).accuracy(holder)
+    holder.backbone = net.double()
+    assert KNNMonitor(bank, val, every_steps=1, k=5).accuracy(holder) == pytest.approx(a32, abs=0.05)
+
+
+def test_steps_and_bad_settings(repo_root):
+    assert KNNMonitor.steps_for(0.5, 8) == 4 and KNNMonitor.steps_for(0.01, 8) == 1
+    assert KNNMonitor.steps_for(2, 8) == 16
+    with pytest.raises(ValueError, match="every_steps"):
+        KNNMonitor([], [], every_steps=0)
+    with pytest.raises(ConfigError, match="eval.knn_monitor_every"):
+        load_config(repo_root / "configs" / "smoke.yaml", ["eval.knn_monitor_every=-1"])
