@@ -219,6 +219,10 @@ class TrainerConfig:
     accelerator: str = "auto"
     #: Processes (devices) on this machine; more than one needs ``strategy`` ``ddp`` (or ``auto``).
     devices: int | str = 1
+    #: Machines (Lightning's ``num_nodes``; start the command on each node with the cluster's
+    #: launcher, e.g. SLURM ``srun`` or ``torchrun``): processes = devices x num_nodes, and
+    #: ``--out`` must be a folder every node sees (rank 0 writes, every node reads checkpoints).
+    num_nodes: int = 1
     strategy: str = "auto"
     #: With several processes, BatchNorm normalises with the statistics of the global batch (as
     #: one process would), on CPU too (ssl_transfer.distributed.GlobalBatchNorm); false: each
@@ -265,7 +269,7 @@ _POSITIVE = {
 }
 _AT_LEAST_ONE = {
     "data.eval_batch_size", "source.proj_hidden_dim", "source.proj_out_dim",
-    "transfer.embed_dim", "eval.knn_k", "eval.linear_max_iter", "trainer.log_every_n_steps",
+    "transfer.embed_dim", "eval.knn_k", "eval.linear_max_iter", "trainer.log_every_n_steps", "trainer.num_nodes",
     "transfer.darkrank_k",
 }
 _NON_NEGATIVE = {

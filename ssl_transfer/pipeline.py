@@ -79,6 +79,7 @@ def make_trainer(cfg: RunConfig, out_dir: Path, stage: str, max_steps: int, call
         max_steps=max_steps,
         accelerator=t.accelerator,
         devices=t.devices,
+        num_nodes=t.num_nodes,
         strategy=t.strategy,
         precision=t.precision,
         deterministic=t.deterministic,
@@ -108,7 +109,7 @@ def process_count(cfg: RunConfig) -> int:
 
     t = cfg.trainer
     try:
-        trainer = L.Trainer(accelerator=t.accelerator, devices=t.devices, strategy=t.strategy,
+        trainer = L.Trainer(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
                             logger=False, enable_checkpointing=False, enable_progress_bar=False,
                             enable_model_summary=False)
     except (MisconfigurationException, ValueError, RuntimeError, TypeError) as e:
@@ -121,6 +122,18 @@ def process_count(cfg: RunConfig) -> int:
         raise ConfigError(f"trainer.strategy = {t.strategy!r} with {processes} processes is not supported: the "
                           "pipeline runs several stages and evaluates in the launching process; use "
                           "trainer.strategy: ddp")
+    return processes
+
+
+def check_processes(cfg: RunConfig) -> int:
+    """Validate the process layout (one-line ConfigErrors) and return the process count; warn
+    when MoCo v2's shuffle-BN is made a no-op by global BatchNorm."""
+    processes = process_count(cfg)
+    check_batch_splits(cfg.data.batch_size, processes)
+    if processes > 1 and cfg.source.method == "mocov2" and cfg.trainer.sync_batchnorm:
+        log.warning("source.method = mocov2 with trainer.sync_batchnorm = true: BatchNorm uses global-batch "
+                    "statistics, so MoCo's batch shuffle across %d processes has no effect; set "
+                    "trainer.sync_batchnorm: false for MoCo v2's per-device shuffle-BN", processes)
     return processes
 
 
@@ -448,8 +461,7 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, overwrite: bool = False,
     bundle = bundle or DataBundle.from_config(cfg.data, cfg.seed, method=cfg.source.method)
     bundle.train_loader(cfg.seed)  # validates the batch size against the data
     setup_runtime(cfg)
-    processes = process_count(cfg)
-    check_batch_splits(cfg.data.batch_size, processes)
+    processes = check_processes(cfg)
     if processes > 1 and cfg.trainer.num_threads:  # else Lightning sets cores / processes at launch
         os.environ["OMP_NUM_THREADS"] = str(cfg.trainer.num_threads)
     loaded = load_teacher(cfg, teacher_path, bundle) if teacher_path else None
@@ -574,8 +586,11 @@ def pretrain(cfg: RunConfig, out_dir: str | os.PathLike, overwrite: bool = False
     total_start = time.perf_counter()
     bundle = DataBundle.from_config(cfg.data, cfg.seed, method=cfg.source.method)
     bundle.train_loader(cfg.seed)  # validates the batch size against the data
-    prepare_out_dir(out_dir, overwrite)
     setup_runtime(cfg)
+    processes = check_processes(cfg)
+    if processes > 1 and cfg.trainer.num_threads:  # else Lightning sets cores / processes at launch
+        os.environ["OMP_NUM_THREADS"] = str(cfg.trainer.num_threads)
+    prepare_out_dir(out_dir, overwrite)
     teacher, seconds = pretrain_teacher(cfg, bundle, out_dir)
     if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
         return None  # a DDP worker: rank 0 evaluates and writes

@@ -105,12 +105,38 @@ def test_every_logged_loss_equals_the_single_process_run(runs):
     (["trainer.devices=2", "trainer.strategy=ddp_spawn"],
      "trainer.strategy = 'ddp_spawn' with 2 processes is not supported"),
     (["trainer.accelerator=cpu", "trainer.devices=0"], "are refused by Lightning ("),
+    # processes = devices x num_nodes: two one-process nodes split the global batch in two
+    (["trainer.num_nodes=2", "trainer.strategy=ddp", "data.batch_size=63"],
+     "data.batch_size = 63 (the global batch) does not split evenly over 2 processes"),
+    (["trainer.num_nodes=0"], "trainer.num_nodes = 0 must be >= 1"),
 ])
-def test_bad_distributed_settings_fail_before_anything_is_written(settings, message, repo_root, tmp_path, capsys):
+@pytest.mark.parametrize("command", ["run", "pretrain"])
+def test_bad_distributed_settings_fail_before_anything_is_written(command, settings, message, repo_root, tmp_path,
+                                                                  capsys):
     from ssl_transfer.cli import main
 
     out = tmp_path / "run"
-    assert main(["run", str(repo_root / "configs" / "smoke.yaml"), "--out", str(out), "--set", *settings]) == 2
+    assert main([command, str(repo_root / "configs" / "smoke.yaml"), "--out", str(out), "--set", *settings]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
+
+
+def test_mocov2_with_global_batchnorm_under_ddp_warns(repo_root, caplog):
+    """Global BatchNorm makes MoCo's cross-process batch shuffle a no-op: say so (the MoCo
+    recipe configs set sync_batchnorm: false)."""
+    import logging
+
+    from ssl_transfer.config import load_config
+    from ssl_transfer.pipeline import check_processes
+
+    smoke = repo_root / "configs" / "smoke.yaml"
+    ddp = ["trainer.devices=2", "trainer.strategy=ddp", "source.method=mocov2"]
+    with caplog.at_level(logging.WARNING, logger="ssl_transfer"):
+        assert check_processes(load_config(smoke, ddp)) == 2
+    assert "trainer.sync_batchnorm: false" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ssl_transfer"):
+        assert check_processes(load_config(smoke, [*ddp, "trainer.sync_batchnorm=false"])) == 2
+        assert check_processes(load_config(smoke, ["source.method=mocov2"])) == 1
+    assert "sync_batchnorm" not in caplog.text

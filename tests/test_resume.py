@@ -68,6 +68,45 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_results(repo_root, tmp_pa
     assert steps == list(range(16))  # 2 epochs of 8 steps
 
 
+MOCO = ["source.method=mocov2", "source.epochs=2", "source.moco_queue_size=128", "transfer.epochs=0.25"]
+
+
+def test_mocov2_source_stage_killed_mid_epoch_resumes_with_its_queue(repo_root, tmp_path_factory):
+    """MoCo v2 keeps state outside the state_dict (lightly's queue is a non-persistent buffer):
+    killed in its second epoch and resumed, the source stage ends with the uninterrupted run's
+    weights, key encoder and queue (2 batches of keys, so a lost pointer or queue would show)."""
+    from ssl_transfer.io import load_model
+
+    ref_out = tmp_path_factory.mktemp("moco_ref") / "run"
+    subprocess.run(cmd(repo_root, ref_out, *MOCO), check=True, capture_output=True)
+    out = tmp_path_factory.mktemp("moco_kill") / "run"
+    proc = subprocess.Popen(cmd(repo_root, out, *MOCO), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = out / "checkpoints" / "source" / "last.ckpt"
+    deadline = time.time() + 300
+    while checkpoint_step(ckpt) < 9:  # 8 steps per epoch: step 9 is inside the second epoch
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert "source" not in json.loads((out / "run.json").read_text())["finished"]
+    assert main(["run", str(repo_root / "configs" / "smoke.yaml"), "--out", str(out), "--resume",
+                 "--set", *SETTINGS, *MOCO]) == 0
+    ref_net, ref = load_model(ref_out / "teacher.pt")
+    got_net, got = load_model(out / "teacher.pt")
+    for key, value in ref_net.state_dict().items():
+        assert torch.allclose(got_net.state_dict()[key].double(), value.double(), atol=1e-6), key
+    assert got["method"] == "mocov2" and int(got["moco_queue_ptr"]) == int(ref["moco_queue_ptr"])
+    assert torch.allclose(got["moco_queue"], ref["moco_queue"], atol=1e-6)
+    for part in ("key_backbone", "projection_head"):
+        for key, value in ref[part].items():
+            assert torch.allclose(got[part][key].double(), value.double(), atol=1e-6), (part, key)
+    resumed = json.loads((out / "results.json").read_text())
+    reference = json.loads((ref_out / "results.json").read_text())
+    for key in METRICS:
+        assert resumed["teacher"][key] == pytest.approx(reference["teacher"][key], abs=1e-6), key
+
+
 def test_resume_refuses_a_changed_config(repo_root, tmp_path, reference, capsys):
     out = tmp_path / "run"
     assert main(["run", str(repo_root / "configs" / "smoke.yaml"), "--out", str(out), "--set", *SETTINGS,

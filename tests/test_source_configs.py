@@ -43,6 +43,9 @@ def test_source_config_states_its_recipe_and_public_number(name):
     assert "Public number" in text and "https://" in text
     if method == "mocov2":
         assert cfg.source.moco_queue_size >= cfg.data.batch_size
+        assert cfg.trainer.sync_batchnorm is False  # shuffle-BN needs per-device BatchNorm
+    else:
+        assert cfg.trainer.sync_batchnorm is True  # SimCLR recipes: global-batch BatchNorm
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "stl10", "imagenet"])
