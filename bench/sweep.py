@@ -88,9 +88,12 @@ def main(argv=None) -> int:
             record("teacher_continued", cont.backbone, t)
         for name, overrides in variants.items():
             vcfg = config_from_dict(apply_overrides(dataclasses.asdict(cfg), list(overrides)))
+            # data.* overrides (views, augmentation) need the variant's own loaders
+            vbundle = bundle if vcfg.data == cfg.data else DataBundle.from_config(
+                vcfg.data, vcfg.seed, method=vcfg.source.method)
             start = time.perf_counter()
-            student, _ = transfer_student(vcfg, teacher, bundle, run_dir, name=f"student_{name}")
-            record(name, student.backbone, time.perf_counter() - start, overrides)
+            student, _ = transfer_student(vcfg, teacher, vbundle, run_dir, name=f"student_{name}")
+            record(name, student.backbone, time.perf_counter() - start, overrides, bundle=vbundle)
     return 0
 
 

@@ -354,6 +354,14 @@ def _ddp_worker(rank, port, results):
         module.training_step(local, 0)
         results[rank] = {"start": start, "queue": module.queue.clone(), "ptr": int(module.queue_ptr),
                          "keys": F.normalize(keys[0], dim=1)}
+        # shuffle-BN: seeded by (seed, step), not by the global RNG; the shuffle changes the keys
+        x_k = local["views"][1]
+        rng = torch.get_rng_state()
+        k1, k2 = original(x_k), original(x_k)
+        plain = module.key_head(module.key_backbone(x_k))
+        results[rank] = {**results[rank], "repeatable": torch.equal(k1, k2),
+                         "rng_untouched": torch.equal(rng, torch.get_rng_state()),
+                         "shuffle_matters": not torch.allclose(k1, plain, atol=1e-4)}
     finally:
         dist.destroy_process_group()
 
@@ -373,3 +381,15 @@ def test_two_processes_enqueue_the_global_batch_of_keys():
     expected = torch.cat([r0["keys"], r1["keys"], r0["start"][8:]])
     assert r0["ptr"] == r1["ptr"] == 8  # 2 processes x 4 keys
     assert torch.equal(r0["queue"], expected) and torch.equal(r1["queue"], expected)
+    for r in (r0, r1):
+        assert r["repeatable"] and r["rng_untouched"] and r["shuffle_matters"]
+
+
+def test_one_process_keys_are_the_key_encoder_on_the_batch_and_draw_no_random_numbers():
+    module = make_moco()
+    x = fixed_batch(8)["views"][1]
+    rng = torch.get_rng_state()
+    keys = module.keys(x)
+    assert torch.equal(rng, torch.get_rng_state())
+    with torch.no_grad():
+        assert torch.equal(keys, module.key_head(module.key_backbone(x)))

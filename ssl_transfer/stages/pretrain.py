@@ -150,10 +150,10 @@ class MoCoV2Module(SSLModule):
     1. m = cosine_schedule(step, total_steps, moco_momentum, 1.0);
        key encoder θ_k ← m·θ_k + (1 − m)·θ_q (parameters of backbone and head; ``update_momentum``);
     2. q = head(backbone(x_q))  (b, proj_out_dim);
-       k = key_head(key_backbone(x_k)) under no_grad, computed on a shuffled batch and unshuffled
-       (``batch_shuffle``; across processes under DDP, which is what makes BN statistics of the
-       keys differ from the queries'; on one device the shuffle changes nothing, as BN sees the
-       whole batch either way);
+       k = key_head(key_backbone(x_k)) under no_grad; under DDP computed on a batch shuffled
+       across processes and unshuffled (``batch_shuffle``/``batch_unshuffle``, MoCo's
+       shuffle-BN: BN statistics of the keys differ from the queries'); on one device not
+       shuffled, as BN sees the whole batch either way;
     3. loss = InfoNCE of q against its key k and the queue's keys, temperature
        ``moco_temperature`` (lightly ``NTXentLoss`` with a memory bank); then the batch's keys
        (gathered from all processes) replace the oldest queue entries.
@@ -199,10 +199,21 @@ class MoCoV2Module(SSLModule):
 
     @torch.no_grad()
     def keys(self, x: torch.Tensor) -> torch.Tensor:
-        distributed = dist.world_size() > 1
-        x, shuffle = batch_shuffle(x, distributed=distributed)
+        """Keys of ``x`` from the key encoder, with MoCo's shuffle-BN across processes.
+
+        On one process the batch is not shuffled: BatchNorm sees the whole batch in any order,
+        so a shuffle would only change the float summation order. Under DDP the permutation is
+        drawn from a generator seeded by (run seed, global step), not from the global RNG, so a
+        resumed run draws the same permutations as an uninterrupted one.
+        """
+        if dist.world_size() == 1:
+            return self.key_head(self.key_backbone(x))
+        devices = [x.device.index] if x.is_cuda else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed((torch.initial_seed() * 1_000_003 + int(self.global_step)) % 2**63)
+            x, shuffle = batch_shuffle(x, distributed=True)
         k = self.key_head(self.key_backbone(x))
-        return batch_unshuffle(k, shuffle, distributed=distributed)
+        return batch_unshuffle(k, shuffle, distributed=True)
 
     def ssl_loss(self, batch):
         x_q, x_k = batch["views"][0], batch["views"][1]
