@@ -41,7 +41,6 @@ from torch import nn
 from ssl_transfer.errors import CheckpointError
 
 TORCHVISION_PREFIX = "torchvision:"
-_SHOW_KEYS = 5
 
 
 class BackboneError(CheckpointError, ValueError):
@@ -69,11 +68,6 @@ def _set_submodule(net: nn.Module, qualified: str, module: nn.Module) -> None:
     setattr(net.get_submodule(parent) if parent else net, child, module)
 
 
-def _key_list(keys: list[str]) -> str:
-    shown = ", ".join(keys[:_SHOW_KEYS])
-    return f"{len(keys)} [{shown}{', ...' if len(keys) > _SHOW_KEYS else ''}]"
-
-
 def _read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     p = Path(path)
     if not p.is_file():
@@ -96,21 +90,11 @@ def _read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def _load_strict(net: nn.Module, sd: dict[str, torch.Tensor], what: str) -> None:
-    own = net.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-              if k in sd and sd[k].shape != v.shape]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {_key_list(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys {_key_list(unexpected)}")
-        if shapes:
-            parts.append(f"shape mismatches {_key_list(shapes)}")
-        raise BackboneError(f"weights do not match {what}: {'; '.join(parts)}; "
-                            "pass the state_dict of this exact architecture")
+    from ssl_transfer.models.weights import state_dict_mismatch
+
+    problem = state_dict_mismatch(net.state_dict(), sd, file_word="")
+    if problem:
+        raise BackboneError(f"weights do not match {what}: {problem}; pass the state_dict of this exact architecture")
     net.load_state_dict(sd, strict=True)
 
 

@@ -293,8 +293,8 @@ def test_load_backbone_errors(tmp_path):
     with pytest.raises(BackboneError) as e:
         load_backbone("torchvision:resnet18", weights=tmp_path / "bad.pth")
     msg = str(e.value)
-    assert "\n" not in msg and "missing keys 1 [conv1.weight]" in msg
-    assert "unexpected keys 1 [extra.weight]" in msg and "bn1.weight (3,) vs (64,)" in msg
+    assert "\n" not in msg and "1 missing (conv1.weight)" in msg
+    assert "1 unexpected (extra.weight)" in msg and "bn1.weight (3,) vs (64,)" in msg
     torch.save({"a": 1}, tmp_path / "notsd.pth")
     with pytest.raises(ValueError, match="not a state_dict"):
         load_backbone("torchvision:resnet18", weights=tmp_path / "notsd.pth")

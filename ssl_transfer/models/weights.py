@@ -117,6 +117,32 @@ def _short(keys: list[str], n: int = 4) -> str:
     return ", ".join(keys[:n]) + more
 
 
+def state_dict_mismatch(target: dict[str, torch.Tensor], state: dict[str, torch.Tensor],
+                        mapping: dict[str, str] | None = None, unexpected: list[str] | None = None,
+                        file_word: str = " in the file") -> str:
+    """One-line description of how ``state`` fails to fit ``target`` strictly ("" when it fits):
+    ``N missing (...)``, ``N unexpected (...)``, ``N of another shape (...)``.
+
+    ``mapping`` maps target keys to the keys of ``state`` that fill them (default: the same key);
+    ``unexpected`` lists the keys of ``state`` that fill nothing (default: those not in target).
+    Shared by the teacher loader here and ``linear_eval.load_backbone``.
+    """
+    mapping = {k: k for k in target if k in state} if mapping is None else mapping
+    if unexpected is None:
+        unexpected = [k for k in state if k not in target]
+    missing = [k for k in target if k not in mapping]
+    shapes = [f"{n} {tuple(state[k].shape)}{file_word} vs {tuple(target[n].shape)}"
+              for n, k in mapping.items() if tuple(state[k].shape) != tuple(target[n].shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing ({_short(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected ({_short(unexpected)})")
+    if shapes:
+        parts.append(f"{len(shapes)} of another shape ({_short(shapes, 2)})")
+    return "; ".join(parts)
+
+
 def match_backbone(state: dict[str, torch.Tensor], backbone: nn.Module, prefix: str | None = None,
                    where: str = "checkpoint", what: str = "the backbone") -> tuple[dict[str, torch.Tensor], dict]:
     """Return ``(state dict with the backbone's own keys, info)``; strict as the module docstring says.
@@ -148,20 +174,12 @@ def match_backbone(state: dict[str, torch.Tensor], backbone: nn.Module, prefix: 
     if not mapped:
         raise CheckpointError(f"no key of {where} under prefix '{prefix}' matches {what} (its first keys: "
                               f"{_short(keys, 3)}); omit --prefix to detect it, or pass the right one")
-    missing = [k for k in target if k not in mapped]
-    shapes = [f"{n} {tuple(state[k].shape)} in the file vs {tuple(target[n].shape)}"
-              for n, k in mapped.items() if tuple(state[k].shape) != tuple(target[n].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing ({_short(missing)})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected ({_short(unexpected)})")
-        if shapes:
-            parts.append(f"{len(shapes)} of another shape ({_short(shapes, 2)})")
+    problem = state_dict_mismatch(target, state, mapped, unexpected)
+    if problem:
+        missing = len(mapped) < len(target)
         hint = "check source.backbone/stem and the dataset's channels"
         hint += "" if missing and not unexpected else ", or pass --prefix"
-        raise CheckpointError(f"{where} does not fit {what} under prefix '{prefix}': {'; '.join(parts)}; {hint}")
+        raise CheckpointError(f"{where} does not fit {what} under prefix '{prefix}': {problem}; {hint}")
     out = {n: state[k].to(target[n].dtype) if target[n].is_floating_point() else state[k] for n, k in mapped.items()}
     return out, {"prefix": prefix, "dropped": dropped, "ignored": len(keys) - len(under)}
 
