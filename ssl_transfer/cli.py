@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--config", required=True, help="YAML config naming the dataset and evaluation")
     _common(e)
     e.add_argument("--out", help="also write the results to this JSON file")
+    e.add_argument("--embedding", action="store_true",
+                   help="evaluate a student's embedding (backbone + head, e.g. the 64-d output of dimension "
+                        "reduction) instead of its backbone feature")
     return p
 
 
@@ -135,7 +138,7 @@ def _eval(args) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.out and Path(args.out).exists():
         raise OutputExistsError(f"'{args.out}' already exists; choose another --out or delete it")
-    result = evaluate_checkpoint(args.checkpoint, cfg)
+    result = evaluate_checkpoint(args.checkpoint, cfg, embedding=args.embedding)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

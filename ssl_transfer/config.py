@@ -193,6 +193,10 @@ class EvalConfig:
     #: and at the end of every training stage, as ``val_knn_acc`` in logs/<stage>/metrics.csv
     #: and ``monitor`` in results.json. 0 = off. Monitoring only: nothing is selected on it.
     knn_monitor_every: float = 0.0
+    #: Also evaluate the student's embedding (backbone + head output, what the transfer loss
+    #: trains) as ``student_embedding`` in results.json: ``auto`` when its dimension differs from
+    #: the backbone feature's (dimension reduction, e.g. 512 -> 64), ``always``, or ``never``.
+    student_embedding: Literal["auto", "always", "never"] = "auto"
 
 
 @dataclass

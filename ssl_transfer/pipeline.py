@@ -194,18 +194,21 @@ def _merge_logs(log_file: Path, old_text: str) -> None:
     atomic_write_text(log_file, buf.getvalue())
 
 
-def evaluate_checkpoint(path: str | os.PathLike, cfg: RunConfig) -> dict[str, Any]:
-    """Evaluate any saved backbone (teacher.pt / student.pt) on the config's dataset."""
+def evaluate_checkpoint(path: str | os.PathLike, cfg: RunConfig, embedding: bool = False) -> dict[str, Any]:
+    """Evaluate any saved backbone (teacher.pt / student.pt) on the config's dataset; with
+    ``embedding`` a student's embedding (backbone + head, ``transfer.student_head`` of the config)."""
     from .errors import CheckpointError
     from .io import load_model
 
     bundle = DataBundle.from_config(cfg.data, cfg.seed)
     setup_runtime(cfg)
-    model, payload = load_model(path)
+    model, payload = load_embedding(path, cfg.transfer.student_head) if embedding else load_model(path)
     if payload["spec"]["in_channels"] != bundle.channels:
         raise CheckpointError(f"checkpoint '{path}' expects {payload['spec']['in_channels']} input channels "
                               f"but {cfg.data.name} has {bundle.channels}; evaluate it on a matching dataset")
     result = evaluate(model, bundle, cfg)
+    if embedding:
+        result["features"] = "embedding (backbone + head)"
     return {"checkpoint": str(path), "spec": payload["spec"], "data": {"name": cfg.data.name,
             "sizes": bundle.sizes()}, "eval": cfg.to_dict()["eval"], **result}
 
@@ -511,8 +514,12 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, overwrite: bool = False,
                                "student": evaluate(student.backbone, bundle, cfg), "controls": {}}
     if continued is not None:
         results["controls"]["teacher_continued"] = evaluate(continued.backbone, bundle, cfg)
+    if evaluates_embedding(cfg, student):
+        results["student_embedding"] = {**evaluate(torch.nn.Sequential(student.backbone, student.head), bundle, cfg),
+                                        "features": "embedding (backbone + head)"}
     timings["eval"] = sum(m["eval_s"] for m in [results["teacher"], results["student"],
-                                                  *results["controls"].values()])
+                                                  *results["controls"].values()]
+                          + ([results["student_embedding"]] if "student_embedding" in results else []))
     timings["total"] = time.perf_counter() - total_start
     results.update(run_metadata(cfg, bundle, teacher.spec, student))
     results["teacher_checkpoint"] = str(teacher_path) if teacher_path else str(out_dir / "teacher.pt")
@@ -537,6 +544,35 @@ def _monitor(cfg: RunConfig, out_dir: Path, stages: list[str]) -> dict[str, Any]
         return {}
     return {"monitor": {"metric": "val_knn_acc", "every_epochs": cfg.eval.knn_monitor_every,
                         **{s: read_monitor(out_dir / "logs" / s / "metrics.csv") for s in stages}}}
+
+
+def evaluates_embedding(cfg: RunConfig, student: Student) -> bool:
+    """Whether ``eval.student_embedding`` asks for the student's embedding to be evaluated too."""
+    mode = cfg.eval.student_embedding
+    if mode == "auto":
+        return cfg.transfer.student_head != "none" and student.embed_dim != student.spec.feat_dim
+    return mode == "always" and cfg.transfer.student_head != "none"
+
+
+def load_embedding(path: str | os.PathLike, head_kind: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A saved student's embedding function (backbone + head) from student.pt; ``head_kind`` is the
+    ``transfer.student_head`` it was trained with. One-line CheckpointError when the file has no head
+    or another one."""
+    from .errors import CheckpointError
+    from .io import load_model
+    from .models.backbones import embedding_head
+
+    backbone, payload = load_model(path)
+    if "head" not in payload or head_kind == "none":
+        raise CheckpointError(f"'{path}' holds no student embedding head (a teacher, or transfer.student_head: none); "
+                              "evaluate it without --embedding")
+    head = embedding_head(head_kind, payload["spec"]["feat_dim"], int(payload["embed_dim"]))
+    try:
+        head.load_state_dict(payload["head"])
+    except RuntimeError:
+        raise CheckpointError(f"the head in '{path}' is not a {head_kind} head to {payload['embed_dim']} dims; set "
+                              "transfer.student_head to the one it was trained with") from None
+    return torch.nn.Sequential(backbone, head), payload
 
 
 def _record_failure(out_dir: Path, state: dict[str, Any], stage: str, error: Exception) -> None:

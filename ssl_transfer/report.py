@@ -8,8 +8,10 @@ from typing import Any
 
 from .io import atomic_write_text
 
-ROWS = (("teacher", "teacher"), ("teacher continued", "controls.teacher_continued"), ("student", "student"))
-STAGE_TIME = {"teacher": "source", "teacher continued": "teacher_continued", "student": "transfer"}
+ROWS = (("teacher", "teacher"), ("teacher continued", "controls.teacher_continued"), ("student", "student"),
+        ("student embedding", "student_embedding"))
+STAGE_TIME = {"teacher": "source", "teacher continued": "teacher_continued", "student": "transfer",
+              "student embedding": "transfer"}
 
 
 def _get(results: dict, dotted: str):

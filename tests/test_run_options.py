@@ -1,4 +1,6 @@
-"""kNN monitor (eval.knn_monitor_every): logged values equal the final evaluation's, training unchanged."""
+"""Run options on one smoke run: the kNN monitor (eval.knn_monitor_every: logged values equal the
+final evaluation's, training unchanged) and the evaluation of a dimension-reduction student's
+embedding (eval.student_embedding, ssl-transfer eval --embedding)."""
 
 import json
 
@@ -18,9 +20,10 @@ from ssl_transfer.monitor import KNNMonitor, read_monitor
 @pytest.fixture(scope="module")
 def monitored_run(tmp_path_factory, repo_root):
     out = tmp_path_factory.mktemp("monitor") / "run"
-    # smoke: 512 training images, batch 64 -> 8 steps per epoch; every 0.5 epoch = every 4 steps
+    # smoke: 512 training images, batch 64 -> 8 steps per epoch; every 0.5 epoch = every 4 steps;
+    # a 16-d student embedding (dimension reduction 512 -> 16)
     code = main(["run", str(repo_root / "configs" / "smoke.yaml"), "--out", str(out),
-                 "--set", "eval.knn_monitor_every=0.5"])
+                 "--set", "eval.knn_monitor_every=0.5", "transfer.embed_dim=16"])
     assert code == 0
     return out
 
@@ -98,3 +101,49 @@ def test_steps_and_bad_settings(repo_root):
         KNNMonitor([], [], every_steps=0)
     with pytest.raises(ConfigError, match="eval.knn_monitor_every"):
         load_config(repo_root / "configs" / "smoke.yaml", ["eval.knn_monitor_every=-1"])
+
+
+def test_dimension_reduction_student_embedding_is_evaluated(monitored_run, repo_root, tmp_path, capsys):
+    r = json.loads((monitored_run / "results.json").read_text())
+    emb = r["student_embedding"]
+    assert emb["feat_dim"] == 16 and r["student"]["feat_dim"] == 512
+    assert emb["features"] == "embedding (backbone + head)"
+    assert 0.3 < emb["linear_acc"] <= 1.0 and 0.3 < emb["knn_acc"] <= 1.0
+    assert emb["linear_acc"] != r["student"]["linear_acc"] or emb["knn_acc"] != r["student"]["knn_acc"]
+    assert "| student embedding |" in (monitored_run / "report.md").read_text()
+    # the same numbers through the eval command, which rebuilds backbone + head from student.pt
+    out = tmp_path / "emb.json"
+    assert main(["eval", str(monitored_run / "student.pt"), "--config", str(repo_root / "configs" / "smoke.yaml"),
+                 "--embedding", "--out", str(out)]) == 0
+    again = json.loads(out.read_text())
+    assert again["feat_dim"] == 16
+    for key in ("linear_acc", "knn_acc", "val_linear_acc", "val_knn_acc"):
+        assert again[key] == pytest.approx(emb[key], abs=1e-9), key
+    capsys.readouterr()
+    # a teacher has no head; a head of another kind is named
+    assert main(["eval", str(monitored_run / "teacher.pt"), "--config", str(repo_root / "configs" / "smoke.yaml"),
+                 "--embedding"]) == 2
+    assert "holds no student embedding head" in capsys.readouterr().err
+    assert main(["eval", str(monitored_run / "student.pt"), "--config", str(repo_root / "configs" / "smoke.yaml"),
+                 "--embedding", "--set", "transfer.student_head=mlp"]) == 2
+    assert "is not a mlp head to 16 dims" in capsys.readouterr().err
+
+
+def test_which_students_get_their_embedding_evaluated(repo_root):
+    from ssl_transfer.models import build_backbone
+    from ssl_transfer.pipeline import evaluates_embedding
+    from ssl_transfer.stages.transfer import build_student
+
+    teacher, spec = build_backbone("small_cnn", "small", 1)
+
+    def decide(*overrides):
+        cfg = load_config(repo_root / "configs" / "smoke.yaml", ["transfer.student_init=scratch", *overrides])
+        return evaluates_embedding(cfg, build_student(cfg.transfer, teacher, spec, 1))
+
+    feat = spec.feat_dim
+    assert decide("transfer.student_backbone=small_cnn", "transfer.embed_dim=16")  # auto: 16 != feat_dim
+    assert not decide("transfer.student_backbone=small_cnn", f"transfer.embed_dim={feat}")  # auto: same size
+    assert decide("transfer.student_backbone=small_cnn", f"transfer.embed_dim={feat}", "eval.student_embedding=always")
+    assert not decide("transfer.student_backbone=small_cnn", "transfer.embed_dim=16", "eval.student_embedding=never")
+    assert not decide("transfer.student_backbone=small_cnn", "transfer.student_head=none",
+                      "eval.student_embedding=always")
