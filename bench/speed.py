@@ -256,8 +256,9 @@ def markdown(res: dict, command: str) -> str:
         f"- Machine: {m['cpu']}, {m['cores']} cores; torch {m['torch']}, lightning {m['lightning']}, "
         f"**{m['threads']} thread(s)**, float32, no GPU.",
         f"- Load average (1 min) at start / end: {m['loadavg_start']:.2f} / {m['loadavg_end']:.2f} "
-        "(the 2 cores were shared with other jobs; the ratios are measured in interleaved rounds so "
-        "that load changes hit both sides alike, absolute times are upper bounds).",
+        + ("(the cores were shared with other jobs; " if max(m['loadavg_start'], m['loadavg_end']) > 1.5
+           else "(no other job running; ")
+        + "the ratios are measured in interleaved rounds so that load changes hit both sides alike).",
         f"- Medians over {res['settings']['rounds']} interleaved rounds, after warm-up "
         f"(loss: {res['settings']['loss_per_round']} calls per round and function; steps: "
         f"{res['settings']['step_per_round']} steps per round after {st['warmup_steps']} warm-up steps).",
