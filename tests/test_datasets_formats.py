@@ -25,7 +25,7 @@ def _no_env_data(monkeypatch):
     monkeypatch.delenv("SSL_TRANSFER_DATA", raising=False)
 
 
-def one_line_error(fn, *needles):
+def assert_one_line_data_error(fn, *needles):
     with pytest.raises(DataError) as e:
         fn()
     msg = str(e.value)
@@ -185,14 +185,14 @@ def test_cifar_malformed_files(tmp_path, breakage, needles):
         write_pickle(folder / "batches.meta", {b"label_names": [b"a", b"b"]})
     if breakage in ("gray", "int64", "labels_short", "label_range", "no_key", "not_dict"):
         write_pickle(path, d)
-    one_line_error(lambda: load_raw("cifar10", str(tmp_path)), *needles,
+    assert_one_line_data_error(lambda: load_raw("cifar10", str(tmp_path)), *needles,
                    "https://www.cs.toronto.edu/~kriz/cifar.html")
 
 
 def test_cifar_missing_says_where_and_how(tmp_path):
-    one_line_error(lambda: load_raw("cifar10", str(tmp_path / "none")), "cifar-10-batches-py",
+    assert_one_line_data_error(lambda: load_raw("cifar10", str(tmp_path / "none")), "cifar-10-batches-py",
                    str(tmp_path / "none"), "https://www.cs.toronto.edu/~kriz/cifar.html", "data.download: true")
-    one_line_error(lambda: load_raw("cifar100", None), "cifar-100-python", "both unset")
+    assert_one_line_data_error(lambda: load_raw("cifar100", None), "cifar-100-python", "both unset")
 
 
 def test_download_goes_through_torchvision(tmp_path, monkeypatch):
@@ -205,13 +205,13 @@ def test_download_goes_through_torchvision(tmp_path, monkeypatch):
 
     monkeypatch.setattr("torchvision.datasets.CIFAR100", Offline)
     monkeypatch.setattr("torchvision.datasets.STL10", Offline)
-    one_line_error(lambda: load_raw("cifar100", str(tmp_path), download=True),
+    assert_one_line_data_error(lambda: load_raw("cifar100", str(tmp_path), download=True),
                    "downloading CIFAR-100", "OSError: offline")
-    one_line_error(lambda: load_raw("stl10", str(tmp_path), download=True), "downloading STL-10")
+    assert_one_line_data_error(lambda: load_raw("stl10", str(tmp_path), download=True), "downloading STL-10")
     assert calls == [(str(tmp_path), {"train": True, "download": True}),
                      (str(tmp_path), {"split": "train", "download": True})]
-    one_line_error(lambda: load_raw("cifar10", None, download=True), "needs data.root")
-    one_line_error(lambda: load_raw("imagenet", str(tmp_path), download=True), "not available", "image-net.org")
+    assert_one_line_data_error(lambda: load_raw("cifar10", None, download=True), "needs data.root")
+    assert_one_line_data_error(lambda: load_raw("imagenet", str(tmp_path), download=True), "not available", "image-net.org")
 
 
 # ----------------------------------------------------------------------------------------
@@ -356,13 +356,13 @@ def test_stl10_malformed_files(tmp_path, breakage, needles):
         (folder / "test_y.bin").unlink()
     elif breakage == "names":
         (folder / "class_names.txt").write_text("\n".join("abcdefghi"))
-    one_line_error(lambda: load_raw("stl10", str(tmp_path)), *needles, "https://cs.stanford.edu/~acoates/stl10/")
+    assert_one_line_data_error(lambda: load_raw("stl10", str(tmp_path)), *needles, "https://cs.stanford.edu/~acoates/stl10/")
 
 
 def test_stl10_grayscale_file_with_a_multiple_of_three_images_is_caught_by_labels(tmp_path):
     folder, arrays = make_stl10(tmp_path, n_train=9)
     (folder / "train_X.bin").write_bytes(arrays["train"][0][:, :, :, 0].tobytes())  # 9 one-channel images
-    one_line_error(lambda: load_raw("stl10", str(tmp_path)), "9 labels for 3 images")
+    assert_one_line_data_error(lambda: load_raw("stl10", str(tmp_path)), "9 labels for 3 images")
 
 
 def test_stl10_without_unlabeled_file_when_not_asked_and_default_names(tmp_path):
@@ -370,7 +370,7 @@ def test_stl10_without_unlabeled_file_when_not_asked_and_default_names(tmp_path)
     (folder / "unlabeled_X.bin").unlink()
     raw = load_raw("stl10", str(folder), unlabeled=False)
     assert raw.count("unlabeled") == 0 and raw.classes[0] == "airplane" and len(raw.classes) == 10
-    one_line_error(lambda: load_raw("stl10", str(tmp_path / "x")), "stl10_binary",
+    assert_one_line_data_error(lambda: load_raw("stl10", str(tmp_path / "x")), "stl10_binary",
                    "https://cs.stanford.edu/~acoates/stl10/", "data.download: true")
 
 
@@ -426,7 +426,7 @@ def test_imagenet_folders_stream_lazily_with_center_crop(tmp_path):
         with Image.open(tmp_path / "val" / WNIDS[k // 2] / f"{WNIDS[k // 2]}_{k % 2}.JPEG") as img:
             torch.testing.assert_close(x[k], tf(img.convert("RGB")))
     assert torch.equal(torch.cat([bx for bx, _ in b.eval_loader("test")]), x)  # deterministic
-    one_line_error(lambda: b.clean_tensor("val"), "file-backed", "eval_loader")
+    assert_one_line_data_error(lambda: b.clean_tensor("val"), "file-backed", "eval_loader")
 
 
 def test_imagenet_default_input_is_224_center_crop_of_256(tmp_path):
@@ -536,21 +536,21 @@ def test_imagenet_layout_errors(tmp_path, breakage, needles):
         for c in WNIDS[1:]:
             rmtree(tmp_path / "train" / c)
             rmtree(val / c)
-    one_line_error(lambda: load_raw("imagenet", str(tmp_path)), *needles)
+    assert_one_line_data_error(lambda: load_raw("imagenet", str(tmp_path)), *needles)
 
 
 def test_class_list_errors(tmp_path):
     make_tree(tmp_path, WNIDS)
-    one_line_error(lambda: load_raw("imagenet100", str(tmp_path)), "100 classes of data.class_list",
+    assert_one_line_data_error(lambda: load_raw("imagenet100", str(tmp_path)), "100 classes of data.class_list",
                    "imagenet100.txt", "n02869837")
     lst = tmp_path / "l.txt"
-    one_line_error(lambda: load_raw("imagenet", str(tmp_path), class_list=str(lst)), "cannot read data.class_list")
+    assert_one_line_data_error(lambda: load_raw("imagenet", str(tmp_path), class_list=str(lst)), "cannot read data.class_list")
     lst.write_text(f"{WNIDS[0]}\n{WNIDS[0]}\n{WNIDS[1]}\n")
-    one_line_error(lambda: load_raw("imagenet", str(tmp_path), class_list=str(lst)), "more than once")
+    assert_one_line_data_error(lambda: load_raw("imagenet", str(tmp_path), class_list=str(lst)), "more than once")
     lst.write_text(f"{WNIDS[0]}\n")
-    one_line_error(lambda: load_raw("imagenet", str(tmp_path), class_list=str(lst)), "at least 2")
+    assert_one_line_data_error(lambda: load_raw("imagenet", str(tmp_path), class_list=str(lst)), "at least 2")
     lst.write_text(f"{WNIDS[0]}\nn00000001\n")
-    one_line_error(lambda: load_raw("image_folder", str(tmp_path), class_list=str(lst)), "n00000001",
+    assert_one_line_data_error(lambda: load_raw("image_folder", str(tmp_path), class_list=str(lst)), "n00000001",
                    "have no folder in")
 
 
@@ -560,7 +560,7 @@ def test_corrupt_image_file_is_named(tmp_path):
     bad.write_bytes(bad.read_bytes()[:40])
     raw = load_raw("imagenet", str(tmp_path))
     i = [k for k in range(raw.count("train")) if raw.path("train", k) == str(bad)][0]
-    one_line_error(lambda: raw.pil("train", i), str(bad), "corrupt")
+    assert_one_line_data_error(lambda: raw.pil("train", i), str(bad), "corrupt")
 
 
 # ----------------------------------------------------------------------------------------
