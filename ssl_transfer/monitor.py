@@ -12,12 +12,11 @@ extracted in eval mode under ``no_grad``; the global RNG state is restored after
 
 It monitors, it does not select: the test split is never touched, and the pipeline still reports
 the final-step model. Under DDP global rank 0 computes and broadcasts the value, so every process
-holds the same history.
+holds it (rank 0's logger writes it).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -56,8 +55,8 @@ class KNNMonitor(L.Callback):
         k, temperature: of :func:`linear_eval.knn_accuracy`.
         backbone_of: maps the LightningModule to the network to evaluate.
 
-    ``history`` holds ``{"step", "val_knn_acc"}`` rows of this process's fit (after a resume the
-    earlier rows are in metrics.csv, not here).
+    The values go to the trainer's logger only; :func:`read_monitor` reads them back from
+    metrics.csv (which also keeps the rows logged before a ``--resume``).
     """
 
     def __init__(self, bank_loader: Iterable, val_loader: Iterable, every_steps: int, k: int = 200,
@@ -67,12 +66,7 @@ class KNNMonitor(L.Callback):
         self.bank_loader, self.val_loader = bank_loader, val_loader
         self.every_steps, self.k, self.temperature = every_steps, k, temperature
         self.backbone_of = backbone_of
-        self.history: list[dict[str, Any]] = []
         self._last_step: int | None = None
-
-    @staticmethod
-    def steps_for(every_epochs: float, steps_per_epoch: int) -> int:
-        return max(1, int(math.ceil(every_epochs * steps_per_epoch)))
 
     @torch.no_grad()
     def accuracy(self, pl_module: nn.Module) -> float:
@@ -95,7 +89,6 @@ class KNNMonitor(L.Callback):
         self._last_step = step
         acc = self.accuracy(pl_module) if trainer.is_global_zero else 0.0
         acc = float(trainer.strategy.broadcast(acc, src=0))
-        self.history.append({"step": step, "val_knn_acc": acc})
         if trainer.logger is not None:
             trainer.logger.log_metrics({"val_knn_acc": acc}, step=step)
 

@@ -137,6 +137,13 @@ def check_processes(cfg: RunConfig) -> int:
     return processes
 
 
+def setup_processes(cfg: RunConfig) -> None:
+    """:func:`check_processes`, then keep ``trainer.num_threads`` per DDP process (exported as
+    OMP_NUM_THREADS, else Lightning sets cores / processes at launch)."""
+    if check_processes(cfg) > 1 and cfg.trainer.num_threads:
+        os.environ["OMP_NUM_THREADS"] = str(cfg.trainer.num_threads)
+
+
 def _fit(cfg: RunConfig, out_dir: Path, stage: str, module: L.LightningModule, loader,
          epochs: float, seed: int, resume: bool = False, bundle: DataBundle | None = None) -> float:
     """Train ``module`` for ``epochs``; with ``resume`` continue from the stage's last.ckpt.
@@ -154,7 +161,7 @@ def _fit(cfg: RunConfig, out_dir: Path, stage: str, module: L.LightningModule, l
         from .monitor import KNNMonitor
 
         callbacks.append(KNNMonitor(bundle.eval_loader("eval_train"), bundle.eval_loader("val"),
-                                    KNNMonitor.steps_for(cfg.eval.knn_monitor_every, len(loader)),
+                                    steps_for(cfg.eval.knn_monitor_every, len(loader)),
                                     k=cfg.eval.knn_k, temperature=cfg.eval.knn_temperature))
     trainer = make_trainer(cfg, out_dir, stage, steps, callbacks)
     batches = getattr(loader, "batch_sampler", None)
@@ -464,9 +471,7 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, overwrite: bool = False,
     bundle = bundle or DataBundle.from_config(cfg.data, cfg.seed, method=cfg.source.method)
     bundle.train_loader(cfg.seed)  # validates the batch size against the data
     setup_runtime(cfg)
-    processes = check_processes(cfg)
-    if processes > 1 and cfg.trainer.num_threads:  # else Lightning sets cores / processes at launch
-        os.environ["OMP_NUM_THREADS"] = str(cfg.trainer.num_threads)
+    setup_processes(cfg)
     loaded = load_teacher(cfg, teacher_path, bundle) if teacher_path else None
     if resume:
         state = _read_state(out_dir, cfg)
@@ -536,14 +541,14 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, overwrite: bool = False,
 
 
 def _monitor(cfg: RunConfig, out_dir: Path, stages: list[str]) -> dict[str, Any]:
-    """``{"monitor": {stage: [{"step", "val_knn_acc"}, ...]}}`` from the stages' metrics.csv
-    (rows logged before a --resume included); {} when the kNN monitor is off."""
+    """``{"monitor": {"metric", "every_epochs", "stages": {stage: [{"step", "val_knn_acc"}, ...]}}}``
+    from the stages' metrics.csv (rows logged before a --resume included); {} when it is off."""
     from .monitor import read_monitor
 
     if cfg.eval.knn_monitor_every <= 0:
         return {}
     return {"monitor": {"metric": "val_knn_acc", "every_epochs": cfg.eval.knn_monitor_every,
-                        **{s: read_monitor(out_dir / "logs" / s / "metrics.csv") for s in stages}}}
+                        "stages": {s: read_monitor(out_dir / "logs" / s / "metrics.csv") for s in stages}}}
 
 
 def evaluates_embedding(cfg: RunConfig, student: Student) -> bool:
@@ -623,9 +628,7 @@ def pretrain(cfg: RunConfig, out_dir: str | os.PathLike, overwrite: bool = False
     bundle = DataBundle.from_config(cfg.data, cfg.seed, method=cfg.source.method)
     bundle.train_loader(cfg.seed)  # validates the batch size against the data
     setup_runtime(cfg)
-    processes = check_processes(cfg)
-    if processes > 1 and cfg.trainer.num_threads:  # else Lightning sets cores / processes at launch
-        os.environ["OMP_NUM_THREADS"] = str(cfg.trainer.num_threads)
+    setup_processes(cfg)
     prepare_out_dir(out_dir, overwrite)
     teacher, seconds = pretrain_teacher(cfg, bundle, out_dir)
     if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:

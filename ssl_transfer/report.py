@@ -68,7 +68,7 @@ def report_markdown(results: dict) -> str:
         lines += ["", f"kNN monitor (val kNN accuracy %, every {monitor['every_epochs']} epochs; "
                   "plots/knn_monitor.png): " + "; ".join(
                       f"{stage} " + ", ".join(f"step {r['step']} {_pct(r['val_knn_acc'])}" for r in rows)
-                      for stage, rows in monitor.items() if isinstance(rows, list) and rows)]
+                      for stage, rows in monitor["stages"].items() if rows)]
     lines += ["", "Timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()), ""]
     return "\n".join(lines)
 
@@ -105,7 +105,7 @@ def write_plots(results: dict, out_dir: Path) -> list[Path]:
         fig.savefig(plots / "loss_curves.png", dpi=110)
         plt.close(fig)
         written.append(plots / "loss_curves.png")
-    monitor = {k: v for k, v in (results.get("monitor") or {}).items() if isinstance(v, list) and v}
+    monitor = {k: v for k, v in (results.get("monitor") or {"stages": {}})["stages"].items() if v}
     if monitor:
         fig, ax = plt.subplots(figsize=(5, 3.2))
         for stage, mrows in monitor.items():
