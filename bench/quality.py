@@ -4,7 +4,7 @@ same teacher, at one or two teacher budgets, over seeds; linear probe and kNN, m
     python bench/quality.py configs/quickstart.yaml --seeds 0 1 2 --teacher-epochs 0.8 4 \
         --out docs/data/quality --set trainer.num_threads=1 [--teacher 0.8:0=RUN/teacher.pt]
     python bench/quality.py --quick --out /tmp/q          # tiny smoke run (tests)
-    python bench/quality.py --render docs/data/quality/quality.jsonl   # table + plot only
+    python bench/quality.py --render A.jsonl [B.jsonl ...]   # table + plot only (rows merged)
 
 Per teacher budget (``source.epochs``) and seed: a SimCLR teacher (trained, or given with
 ``--teacher EPOCHS:SEED=PATH``), then every model of ``MODELS`` trained from it for the config's
@@ -270,14 +270,16 @@ def plot(agg: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    budgets = list(agg)
-    fig, axes = plt.subplots(1, 2 * len(budgets), figsize=(7 * len(budgets), 6), squeeze=False, sharey=True)
+    budgets = list(agg)  # one row of panels (linear, kNN) per teacher budget
+    fig, axes = plt.subplots(len(budgets), 2, figsize=(14, 1.2 + 0.42 * sum(len(agg[e]) for e in budgets)
+                                                       + 1.0 * len(budgets)), squeeze=False,
+                             height_ratios=[len(agg[e]) + 2 for e in budgets])
     for b, epochs in enumerate(budgets):
         models = agg[epochs]
         names = list(models)[::-1]
         for j, (key, label) in enumerate((("linear_acc", "test linear accuracy (%)"),
                                           ("knn_acc", "test kNN accuracy (%)"))):
-            ax = axes[0][2 * b + j]
+            ax = axes[b][j]
             means = [models[m][key][0] for m in names]
             errs = [models[m][key][1] or 0.0 for m in names]
             colors = ["tab:gray" if m in ("teacher", "teacher_continued", "small_cnn_simclr") else
@@ -341,14 +343,15 @@ def main(argv=None) -> int:
     ap.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[])
     ap.add_argument("--only", nargs="+", help=f"only these rows (of {', '.join(ORDER)})")
     ap.add_argument("--quick", action="store_true", help="tiny run on a few hundred images (tests)")
-    ap.add_argument("--render", help="only render this quality.jsonl")
+    ap.add_argument("--render", nargs="+", metavar="JSONL",
+                    help="only render these quality.jsonl files (rows of several files are merged)")
     ap.add_argument("--results", help="write the markdown here (e.g. docs/results.md)")
     ap.add_argument("--plot", help="write the PNG plot here (e.g. docs/quality.png)")
     ap.add_argument("--notes", help="markdown placed before the table (interpretation)")
     ap.add_argument("--command", help="reproducing command printed in the report")
     args = ap.parse_args(argv)
     if args.render:
-        rows = read_rows(Path(args.render))
+        rows = [row for path in args.render for row in read_rows(Path(path))]
     else:
         if not args.out:
             ap.error("--out is required unless --render")

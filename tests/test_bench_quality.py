@@ -71,3 +71,22 @@ def test_render_states_the_verdict_for_each_budget(tmp_path):
     assert "**relaxed_s3 vs teacher_continued** (2 seed(s)): beats it on both test metrics" in text
     assert (tmp_path / "r.md").read_text().startswith("# Head")
     json.dumps(quality.aggregate(fake_rows()))  # serialisable
+
+
+def test_render_merges_the_rows_of_several_files_and_plots_each_budget(tmp_path):
+    rows = fake_rows()
+    short, long = tmp_path / "short.jsonl", tmp_path / "long.jsonl"
+    short.write_text("".join(json.dumps(r) + "\n" for r in rows if r["teacher_epochs"] == 1.0))
+    long.write_text("".join(json.dumps(r) + "\n" for r in rows if r["teacher_epochs"] == 4.0))
+    argv = ["--render", str(short), str(long), "--results", str(tmp_path / "r.md"),
+            "--plot", str(tmp_path / "q.png"), "--command", "CMD"]
+    assert quality.main(argv) == 0
+    text = (tmp_path / "r.md").read_text()
+    merged = quality.render(rows, None, None, "CMD")  # the same table as from one file of all rows
+    assert text == "# Transfer quality benchmark\n\n" + merged + "\n![quality plot](q.png)\n"
+    assert "### Teacher of 1 epochs" in text and "### Teacher of 4 epochs" in text
+    from PIL import Image
+
+    with Image.open(tmp_path / "q.png") as img:  # one row of panels per budget: taller than wide / 2
+        width, height = img.size
+    assert height > width / 2
