@@ -64,8 +64,12 @@ def default_chunk_size(n_bank: int) -> int:
 
 def _vote(sims: torch.Tensor, idx: torch.Tensor, labels: torch.Tensor, num_classes: int,
           temperature: float) -> torch.Tensor:
-    """Top-1 class of exp(sim / T) weighted votes; sims, idx: (c, k) -> (c,) int64."""
-    weights = (sims.float() / temperature).exp()  # (c, k)
+    """Top-1 class of exp(sim / T) weighted votes; sims, idx: (c, k) -> (c,) int64.
+
+    The weights are computed as exp((sim - max sim) / T): the same vote up to a factor per
+    query, and no overflow to inf (which would tie every class) when sim / T > 88 in float32."""
+    sims = sims.float()
+    weights = ((sims - sims.amax(dim=1, keepdim=True)) / temperature).exp()  # (c, k), max 1
     votes = torch.zeros(sims.shape[0], num_classes, dtype=torch.float32, device=sims.device)
     votes.scatter_add_(1, labels[idx], weights)  # (c, C)
     return votes.argmax(1)

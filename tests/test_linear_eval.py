@@ -53,6 +53,20 @@ def test_knn_hand_made_case():
     assert knn_accuracy(bank, labels, q, np.array([1, 0]), k=2) == 0.0
 
 
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+@pytest.mark.parametrize("T", [0.02, 0.01, 0.005])
+def test_knn_small_temperature_does_not_overflow(T, backend):
+    """exp(1 / T) overflows float32 for T < 1/88.7: the vote must still go to the class whose
+    neighbour is closest (an identical item of class 1) and not tie at inf."""
+    bank = np.array([[1.0, 0.0], [0.95, np.sqrt(1 - 0.95 ** 2)], [0.94, -np.sqrt(1 - 0.94 ** 2)]],
+                    dtype=np.float32)
+    labels = np.array([1, 0, 0])
+    q = np.array([[1.0, 0.0]], dtype=np.float32)
+    assert knn_accuracy(bank, labels, q, np.array([1]), k=3, temperature=T, backend=backend) == 1.0
+    # with the far class-0 pair's summed weight larger (T = 1), the vote goes to class 0
+    assert knn_accuracy(bank, labels, q, np.array([0]), k=3, temperature=1.0, backend=backend) == 1.0
+
+
 def test_knn_rejects_bad_input():
     with pytest.raises(ValueError, match="dim"):
         knn_accuracy(np.ones((4, 3)), np.zeros(4), np.ones((2, 5)), np.zeros(2))

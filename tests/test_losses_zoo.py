@@ -458,3 +458,27 @@ def test_pairwise_losses_reject_bad_shapes(name):
 def test_rejects_bad_hyper_parameters(cls, bad):
     with pytest.raises(ValueError):
         cls(**bad)
+
+
+@pytest.mark.parametrize("amp_dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_autocast_does_not_reach_the_losses(name, amp_dtype):
+    """Under mixed precision (trainer.precision 16-mixed / bf16-mixed the training step runs in
+    autocast) every loss still computes in float32: the value and the gradient are bit-identical
+    to the same call without autocast, on clustered embeddings whose small pairwise differences
+    half-precision Gram distances would lose."""
+    g = torch.Generator().manual_seed(11)
+    s0 = torch.randn(4, D_S, generator=g).repeat(8, 1) + 1e-2 * torch.randn(32, D_S, generator=g)
+    t = torch.randn(4, D_T, generator=g).repeat(8, 1) + 1e-2 * torch.randn(32, D_T, generator=g)
+    results = []
+    for amp in (False, True):
+        torch.manual_seed(0)  # RegressionLoss's projection
+        fn = FACTORIES[name]()
+        s = s0.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=amp_dtype, enabled=amp):
+            loss = fn(s, t)
+        loss.backward()
+        results.append((loss.detach(), s.grad))
+    (l_ref, g_ref), (l_amp, g_amp) = results
+    assert l_amp.dtype == torch.float32
+    assert torch.equal(l_amp, l_ref) and torch.equal(g_amp, g_ref)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .relaxed import _compute_dtype, check_pair_inputs, pairwise_distances
+from .relaxed import _compute_dtype, check_pair_inputs, full_precision, pairwise_distances
 
 
 def batch_hard_triplet(d: Tensor, labels: Tensor, margin: float) -> Tensor:
@@ -77,6 +77,7 @@ class DarkRankLoss(nn.Module):
         self.alpha, self.beta, self.k = float(alpha), float(beta), k
         self.margin, self.with_triplet, self.triplet_weight = float(margin), bool(with_triplet), float(triplet_weight)
 
+    @full_precision
     def forward(self, student: Tensor, teacher: Tensor, labels: Tensor | None = None) -> Tensor:
         check_pair_inputs(student, teacher)
         n = student.shape[0]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .relaxed import _compute_dtype
+from .relaxed import _compute_dtype, full_precision
 
 
 class KDLoss(nn.Module):
@@ -38,6 +38,7 @@ class KDLoss(nn.Module):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
 
+    @full_precision
     def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
         if student.ndim != 2 or student.shape != teacher.shape:
             raise ValueError(f"expected student and teacher logits of the same (n, C) shape, got "

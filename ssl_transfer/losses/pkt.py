@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .relaxed import _compute_dtype, check_pair_inputs
+from .relaxed import _compute_dtype, check_pair_inputs, full_precision
 
 
 def cosine_conditional_probabilities(x: Tensor, eps: float) -> Tensor:
@@ -55,6 +55,7 @@ class PKTLoss(nn.Module):
             raise ValueError(f"eps must be > 0, got {eps}")
         self.eps = float(eps)
 
+    @full_precision
     def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
         check_pair_inputs(student, teacher)
         s = student.to(_compute_dtype(student))

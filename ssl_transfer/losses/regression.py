@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .relaxed import _compute_dtype
+from .relaxed import _compute_dtype, full_precision
 
 
 class RegressionLoss(nn.Module):
@@ -42,6 +42,7 @@ class RegressionLoss(nn.Module):
             raise ValueError(f"student_dim and teacher_dim must be >= 1, got {student_dim} and {teacher_dim}")
         self.proj = nn.Linear(student_dim, teacher_dim, bias=bias)
 
+    @full_precision
     def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
         if student.ndim != 2 or teacher.ndim != 2 or student.shape[0] != teacher.shape[0]:
             raise ValueError(f"expected student (n, d_s) and teacher (n, d_t) with the same n, got shapes "

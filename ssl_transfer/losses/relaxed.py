@@ -30,6 +30,8 @@ Example::
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -40,6 +42,21 @@ EPS_SQ = 1e-12  # clamp of squared distances before the square root
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def full_precision(forward):
+    """Decorator for a loss's ``forward(student, teacher, ...)``: autocast is off inside it, so
+    the losses compute in float32 (float64 for float64 inputs) also when the training step runs
+    under mixed precision (``trainer.precision: 16-mixed`` / ``bf16-mixed``), where Gram
+    matrices and pairwise distances in half precision lose their small differences to
+    cancellation. Half-precision inputs are upcast by the losses themselves."""
+
+    @functools.wraps(forward)
+    def wrapper(self, student: Tensor, teacher: Tensor, *args, **kwargs):
+        with torch.autocast(device_type=student.device.type, enabled=False):
+            return forward(self, student, teacher, *args, **kwargs)
+
+    return wrapper
 
 
 def check_pair_inputs(student: Tensor, teacher: Tensor) -> None:
@@ -216,7 +233,9 @@ class _DenseRelaxedContrastive(torch.autograd.Function):
         s, q = ctx.saved_tensors
         # ∂L/∂s = 2 (diag(Q 1) - Q) u / rms with Q = q / n and u = s / rms
         c = ctx.scale * float(grad_loss)
-        return torch.addmm(s * (q.sum(dim=1, keepdim=True) * c), q, s, alpha=-c), None, None, None, None
+        with torch.autocast(device_type=s.device.type, enabled=False):
+            grad = torch.addmm(s * (q.sum(dim=1, keepdim=True) * c), q, s, alpha=-c)
+        return grad, None, None, None, None
 
 
 class RelaxedContrastiveLoss(nn.Module):
@@ -248,6 +267,7 @@ class RelaxedContrastiveLoss(nn.Module):
         self.delta = float(delta)
         self.block_size = block_size
 
+    @full_precision
     def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
         check_pair_inputs(student, teacher)
         if self.block_size is not None:

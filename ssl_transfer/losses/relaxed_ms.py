@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .relaxed import check_pair_inputs, row_normalised_distances, teacher_relaxed_labels
+from .relaxed import check_pair_inputs, full_precision, row_normalised_distances, teacher_relaxed_labels
 
 
 def same_image_mask(n: int, views: int, device: torch.device | None = None) -> Tensor:
@@ -74,6 +74,7 @@ class RelaxedMSLoss(nn.Module):
         self.scale_neg = float(scale_neg)
         self.views = views
 
+    @full_precision
     def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
         check_pair_inputs(student, teacher)
         n = student.shape[0]

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .relaxed import _compute_dtype, check_pair_inputs, pairwise_distances
+from .relaxed import _compute_dtype, check_pair_inputs, full_precision, pairwise_distances
 
 
 def mean_normalised_distances(x: Tensor) -> Tensor:
@@ -103,6 +103,7 @@ class RKDLoss(nn.Module):
         self.angle_weight = float(angle_weight)
         self.chunk_size = chunk_size
 
+    @full_precision
     def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
         check_pair_inputs(student, teacher)
         s = student.to(_compute_dtype(student))
