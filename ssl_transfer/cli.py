@@ -88,7 +88,7 @@ def _run(args) -> int:
 
         raise ConfigError("--resume and --overwrite contradict each other; pass one of them")
     if not args.resume:
-        check_out_dir(out, args.overwrite)  # fail before loading data or training
+        check_out_dir(out, args.overwrite, keep=getattr(args, "teacher", None))  # fail before any work
     results = run(cfg, out, overwrite=args.overwrite, teacher_path=getattr(args, "teacher", None),
                   resume=args.resume)
     if results is None:  # a DDP worker process: global rank 0 evaluates, writes and reports

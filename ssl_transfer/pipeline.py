@@ -43,8 +43,21 @@ from .stages.transfer import FrozenTeacher, Student, TransferModule, build_stude
 log = logging.getLogger("ssl_transfer")
 
 
-def check_out_dir(out_dir: Path, overwrite: bool) -> None:
-    """Raise (changing nothing) if ``out_dir`` is a file, or holds files and not ``overwrite``.
+# What run / transfer / pretrain write into --out (and the temporary files of their atomic writes):
+# --overwrite deletes a directory only when it holds nothing else.
+RUN_OUTPUTS = frozenset({"run.json", "results.json", "report.md", "plots", "logs", "checkpoints",
+                         "teacher.pt", "teacher_continued.pt", "student.pt"})
+
+
+def _is_run_output(name: str) -> bool:
+    return (name in RUN_OUTPUTS or (name.startswith("student_") and name.endswith(".pt"))
+            or (name.startswith(".") and name.endswith(".tmp")))
+
+
+def check_out_dir(out_dir: Path, overwrite: bool, keep: str | os.PathLike | None = None) -> None:
+    """Raise (changing nothing) if ``out_dir`` is a file, or holds files and not ``overwrite``,
+    or ``overwrite`` would delete something that is not a run's output: files of the user's,
+    or ``keep`` (the ``--teacher`` this run reads) inside it.
 
     Only global rank 0 owns the output directory: DDP worker processes, which Lightning starts
     by re-running the command once rank 0 has begun training into it, skip the check."""
@@ -52,16 +65,31 @@ def check_out_dir(out_dir: Path, overwrite: bool) -> None:
         return
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputExistsError(f"--out '{out_dir}' is a file, not a directory; choose another --out")
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+    if not (out_dir.exists() and any(out_dir.iterdir())):
+        return
+    if not overwrite:
         raise OutputExistsError(
             f"output directory '{out_dir}' already exists and is not empty; pass --overwrite "
             "to replace it or choose another --out"
         )
+    if keep is not None and Path(out_dir).resolve() in Path(keep).resolve().parents:
+        raise OutputExistsError(
+            f"--teacher '{keep}' lies inside --out '{out_dir}', which --overwrite would delete; "
+            f"write this run to another --out, e.g. {out_dir}_transfer"
+        )
+    foreign = sorted(p.name for p in out_dir.iterdir() if not _is_run_output(p.name))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise OutputExistsError(
+            f"--overwrite would delete '{out_dir}', which holds files that no ssl-transfer run writes "
+            f"({shown}); choose a new or empty --out"
+        )
 
 
-def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
-    """Refuse to reuse a non-empty directory unless ``overwrite``; then start it empty (rank 0)."""
-    check_out_dir(out_dir, overwrite)
+def prepare_out_dir(out_dir: Path, overwrite: bool, keep: str | os.PathLike | None = None) -> None:
+    """Refuse to reuse a non-empty directory unless ``overwrite`` (see :func:`check_out_dir`);
+    then start it empty (rank 0)."""
+    check_out_dir(out_dir, overwrite, keep)
     if not is_global_zero():
         return
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -427,6 +455,23 @@ def _read_state(out_dir: Path, cfg: RunConfig) -> dict[str, Any]:
     return state
 
 
+def _check_resumed_teacher(out_dir: Path, state: dict[str, Any], teacher_path) -> None:
+    """--resume must transfer from the teacher the interrupted run used (run.json records it)."""
+    from .errors import ConfigError
+
+    saved = state.get("teacher_checkpoint")
+    if saved is None and teacher_path is None:
+        return
+    if saved is not None and teacher_path is not None and (
+            saved == str(teacher_path) or Path(saved).resolve() == Path(teacher_path).resolve()):
+        return
+    then = f"transferred from --teacher '{saved}'" if saved else "trained its own teacher (ssl-transfer run)"
+    now = f"passes --teacher '{teacher_path}'" if teacher_path else "would train a new one"
+    fix = f"ssl-transfer transfer CONFIG --teacher {saved}" if saved else "ssl-transfer run CONFIG"
+    raise ConfigError(f"--resume: the interrupted run in '{out_dir}' {then} but this command {now}; "
+                      f"resume it with `{fix} --out {out_dir} --resume`")
+
+
 def _flatten_cfg(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
@@ -472,11 +517,12 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, overwrite: bool = False,
     bundle.train_loader(cfg.seed)  # validates the batch size against the data
     setup_runtime(cfg)
     setup_processes(cfg)
-    loaded = load_teacher(cfg, teacher_path, bundle) if teacher_path else None
     if resume:
         state = _read_state(out_dir, cfg)
-    else:
-        prepare_out_dir(out_dir, overwrite)
+        _check_resumed_teacher(out_dir, state, teacher_path)
+    loaded = load_teacher(cfg, teacher_path, bundle) if teacher_path else None
+    if not resume:
+        prepare_out_dir(out_dir, overwrite, keep=teacher_path)
         state = {"config": cfg.to_dict(), "teacher_checkpoint": str(teacher_path) if teacher_path else None,
                  "finished": {}, "status": "running"}
         _write_state(out_dir, state)

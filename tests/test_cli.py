@@ -75,6 +75,30 @@ def test_existing_out_dir_is_not_touched(capsys, smoke, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["results.json"]
 
 
+def test_overwrite_refuses_a_directory_holding_files_no_run_writes(capsys, smoke, tmp_path):
+    out = tmp_path / "o"
+    (out / "logs").mkdir(parents=True)
+    (out / "results.json").write_text("old run")
+    (out / "thesis.tex").write_text("precious")
+    code, _, err = run_cli(capsys, "run", smoke, "--out", str(out), "--overwrite")
+    assert_one_line_error(code, err, "files that no ssl-transfer run writes (thesis.tex)")
+    assert sorted(p.name for p in out.iterdir()) == ["logs", "results.json", "thesis.tex"]
+    assert (out / "thesis.tex").read_text() == "precious"
+
+
+def test_overwrite_never_deletes_the_teacher_it_transfers_from(capsys, smoke, tmp_path):
+    """`run CFG` then `transfer CFG --teacher runs/CFG/teacher.pt --overwrite` (both default to
+    runs/CFG) would delete the teacher before the run saves anything."""
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "teacher.pt").write_bytes(b"weights")
+    (out / "results.json").write_text("{}")
+    code, _, err = run_cli(capsys, "transfer", smoke, "--teacher", str(out / "teacher.pt"), "--out", str(out),
+                           "--overwrite")
+    assert_one_line_error(code, err, "lies inside --out")
+    assert (out / "teacher.pt").read_bytes() == b"weights"
+
+
 def test_out_is_a_file(capsys, smoke, tmp_path):
     f = tmp_path / "file"
     f.write_text("x")

@@ -121,3 +121,30 @@ def test_resume_needs_a_run(repo_root, tmp_path, capsys):
     assert code == 2 and "no run to resume" in capsys.readouterr().err
     code = main(["run", str(repo_root / "configs" / "smoke.yaml"), "--out", str(tmp_path), "--resume", "--overwrite"])
     assert code == 2 and "contradict" in capsys.readouterr().err
+
+
+def test_resume_refuses_another_teacher_than_the_interrupted_runs(repo_root, tmp_path, capsys):
+    """run.json records the teacher a run transfers from; --resume with another (or with none,
+    which would train a new teacher) is refused before anything is loaded or written."""
+    from ssl_transfer.config import load_config
+
+    smoke = repo_root / "configs" / "smoke.yaml"
+    cfg = load_config(smoke, [])
+    out = tmp_path / "run"
+    out.mkdir()
+    state = {"config": cfg.to_dict(), "teacher_checkpoint": str(tmp_path / "a.pt"), "finished": {},
+             "status": "running"}
+    (out / "run.json").write_text(json.dumps(state))
+    before = sorted(p.name for p in out.rglob("*"))
+    code = main(["run", str(smoke), "--out", str(out), "--resume"])
+    err = capsys.readouterr().err
+    assert code == 2 and "transferred from --teacher" in err and "would train a new one" in err
+    code = main(["transfer", str(smoke), "--teacher", str(tmp_path / "b.pt"), "--out", str(out), "--resume"])
+    assert code == 2 and "b.pt" in capsys.readouterr().err
+    state["teacher_checkpoint"] = None
+    (out / "run.json").write_text(json.dumps(state))
+    code = main(["transfer", str(smoke), "--teacher", str(tmp_path / "a.pt"), "--out", str(out), "--resume"])
+    err = capsys.readouterr().err
+    assert code == 2 and "trained its own teacher" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in out.rglob("*")) == before
+
