@@ -72,7 +72,7 @@ def check_out_dir(out_dir: Path, overwrite: bool, keep: str | os.PathLike | None
             f"output directory '{out_dir}' already exists and is not empty; pass --overwrite "
             "to replace it or choose another --out"
         )
-    if keep is not None and Path(out_dir).resolve() in Path(keep).resolve().parents:
+    if keep is not None and out_dir.resolve() in Path(keep).resolve().parents:
         raise OutputExistsError(
             f"--teacher '{keep}' lies inside --out '{out_dir}', which --overwrite would delete; "
             f"write this run to another --out, e.g. {out_dir}_transfer"
@@ -462,8 +462,7 @@ def _check_resumed_teacher(out_dir: Path, state: dict[str, Any], teacher_path) -
     saved = state.get("teacher_checkpoint")
     if saved is None and teacher_path is None:
         return
-    if saved is not None and teacher_path is not None and (
-            saved == str(teacher_path) or Path(saved).resolve() == Path(teacher_path).resolve()):
+    if saved is not None and teacher_path is not None and Path(saved).resolve() == Path(teacher_path).resolve():
         return
     then = f"transferred from --teacher '{saved}'" if saved else "trained its own teacher (ssl-transfer run)"
     now = f"passes --teacher '{teacher_path}'" if teacher_path else "would train a new one"
