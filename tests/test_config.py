@@ -1,6 +1,10 @@
-import pytest
+import copy
+from pathlib import Path
 
-from ssl_transfer.config import RunConfig, apply_overrides, config_from_dict, load_config
+import pytest
+import yaml
+
+from ssl_transfer.config import RunConfig, apply_overrides, config_from_dict, load_config, load_yaml
 from ssl_transfer.errors import ConfigError
 
 
@@ -84,3 +88,22 @@ def test_override_errors():
         apply_overrides({}, ["transfer.sigma"])
     with pytest.raises(ConfigError, match="is a value, not a section"):
         apply_overrides({"seed": 1}, ["seed.x=2"])
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "bench" / "variants").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_bench_variants_are_valid_overrides_of_the_quickstart(path):
+    """bench/sweep.py applies each variant's key=value overrides to a config: every key must
+    exist and every value must pass the config's checks, or a sweep would fail half-way."""
+    base_dict = load_yaml(path.parents[2] / "configs" / "quickstart.yaml")
+    variants = yaml.safe_load(path.read_text())
+    assert isinstance(variants, dict) and variants, f"{path.name} defines no variants"
+    for name, overrides in variants.items():
+        assert isinstance(overrides, list), f"{path.name}:{name} must be a list of key=value"
+        assert isinstance(config_from_dict(apply_overrides(copy.deepcopy(base_dict), overrides)), RunConfig)
+
+
+def test_a_misspelt_variant_override_is_refused():
+    with pytest.raises(ConfigError, match="transfer.epochs"):
+        config_from_dict(apply_overrides(load_yaml(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"),
+                                         ["transfer.epoch=0.6"]))
