@@ -7,6 +7,8 @@ import yaml
 from ssl_transfer.config import RunConfig, apply_overrides, config_from_dict, load_config, load_yaml
 from ssl_transfer.errors import ConfigError
 
+VARIANTS = sorted((Path(__file__).resolve().parents[1] / "bench" / "variants").glob("*.yaml"))
+
 
 def write(tmp_path, text, name="c.yaml"):
     p = tmp_path / name
@@ -90,8 +92,7 @@ def test_override_errors():
         apply_overrides({"seed": 1}, ["seed.x=2"])
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "bench" / "variants").glob("*.yaml")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize("path", VARIANTS, ids=lambda p: p.name)
 def test_bench_variants_are_valid_overrides_of_the_quickstart(path):
     """bench/sweep.py applies each variant's key=value overrides to a config: every key must
     exist and every value must pass the config's checks, or a sweep would fail half-way."""
@@ -103,7 +104,7 @@ def test_bench_variants_are_valid_overrides_of_the_quickstart(path):
         assert isinstance(config_from_dict(apply_overrides(copy.deepcopy(base_dict), overrides)), RunConfig)
 
 
-def test_a_misspelt_variant_override_is_refused():
+def test_a_misspelt_variant_override_is_refused(repo_root):
+    assert len(VARIANTS) >= 8
     with pytest.raises(ConfigError, match="transfer.epochs"):
-        config_from_dict(apply_overrides(load_yaml(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"),
-                                         ["transfer.epoch=0.6"]))
+        config_from_dict(apply_overrides(load_yaml(repo_root / "configs" / "quickstart.yaml"), ["transfer.epoch=0.6"]))
