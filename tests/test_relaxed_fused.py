@@ -6,7 +6,11 @@ import torch
 import torch.nn.functional as F
 
 from ssl_transfer.losses import RelaxedContrastiveLoss
-from ssl_transfer.losses.relaxed import row_normalised_distances, teacher_relaxed_labels
+from ssl_transfer.losses.relaxed import (
+    relaxed_contrastive_loss,
+    row_normalised_distances,
+    teacher_relaxed_labels,
+)
 
 
 def autograd_loss(student, teacher, sigma, delta):
@@ -90,3 +94,43 @@ def test_backward_keeps_one_square_matrix():
         loss = RelaxedContrastiveLoss()(s, t)
     loss.backward()
     assert sum(v for v in sizes if v >= n * n) == n * n
+
+
+def test_autograd_composition_equals_the_formula_function():
+    g = torch.Generator().manual_seed(5)
+    s, t = torch.randn(20, 4, generator=g, dtype=torch.float64), torch.randn(20, 6, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(relaxed_contrastive_loss(s, t, 2.0, 0.8), autograd_loss(s, t, 2.0, 0.8),
+                               rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("extra_term", [False, True])
+def test_second_derivative_raises_instead_of_being_wrong(extra_term):
+    """The hand-written backward saves P + Pᵀ as a constant: differentiating the gradient again
+    would be wrong (before: a Hessian-vector product off by 0.72 where the formula's largest
+    entry is 0.61, or, next to a twice-differentiable term, silently missing the loss's part).
+    It raises RuntimeError, also when the incoming gradient needs no grad and when other terms
+    of the graph are differentiated twice."""
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(8, 3, generator=g, dtype=torch.float64), torch.randn(8, 4, generator=g, dtype=torch.float64)
+    x = s.clone().requires_grad_()
+    loss = RelaxedContrastiveLoss()(x, t)
+    if extra_term:
+        loss = loss + (x ** 3).sum()
+    (grad,) = torch.autograd.grad(loss, x, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiated twice"):
+        torch.autograd.grad((grad * torch.randn_like(grad)).sum(), x)
+    # .backward(create_graph=True) then a second backward through x.grad
+    y = s.clone().requires_grad_()
+    RelaxedContrastiveLoss()(y, t).backward(create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiated twice"):
+        y.grad.pow(2).sum().backward()
+
+
+def test_create_graph_first_derivative_is_unchanged():
+    """create_graph=True alone still gives the right (first-order) gradient."""
+    g = torch.Generator().manual_seed(1)
+    s, t = torch.randn(10, 3, generator=g, dtype=torch.float64), torch.randn(10, 4, generator=g, dtype=torch.float64)
+    x = s.clone().requires_grad_()
+    (g1,) = torch.autograd.grad(RelaxedContrastiveLoss()(x, t), x, create_graph=True)
+    (g2,) = torch.autograd.grad(relaxed_contrastive_loss(x, t), x)
+    torch.testing.assert_close(g1.detach(), g2, rtol=1e-10, atol=1e-14)

@@ -1,7 +1,7 @@
 """Experiment: the relaxed loss's elementwise part compiled with ``torch.compile`` (inductor)
 against the hand-written eager loss and one n×n×d matmul, n = d = 512, 1 thread (docs/speed.md).
 
-    python bench/experiments/compile_relaxed.py
+    python -m bench.experiments.compile_relaxed
 
 The Gram matrices and the backward matmul stay eager; only the O(n²) elementwise passes are
 compiled. Prints the compile time, the loss / gradient agreement and the ratios to a matmul.
@@ -10,24 +10,17 @@ compiled. Prints the compile time, the loss / gradient agreement and the ratios 
 from __future__ import annotations
 
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from ssl_transfer.losses.relaxed import (  # noqa: E402
-    EPS_SQ,
-    RelaxedContrastiveLoss,
-    _relaxed_labels_fused,
-    _sym_addmm_,
-)
+from ssl_transfer.losses import RelaxedContrastiveLoss
+from ssl_transfer.losses.common import EPS_SQ
+from ssl_transfer.losses.relaxed_fused import relaxed_labels_fused, sym_addmm_
 
 
 def elementwise(sq: torch.Tensor, w: torch.Tensor, delta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Loss and n (P + Pᵀ) from squared unit-scale distances (formula of _DenseRelaxedContrastive)."""
+    """Loss and n (P + Pᵀ) from squared unit-scale distances (formula of relaxed_fused.DenseRelaxedContrastive)."""
     n = sq.shape[0]
     eye = torch.eye(n, dtype=torch.bool, device=sq.device)
     clamped = sq < EPS_SQ
@@ -48,11 +41,11 @@ compiled = torch.compile(elementwise, dynamic=False)
 
 def compiled_loss(s: torch.Tensor, t: torch.Tensor, sigma: float = 3.0, delta: float = 1.0):
     n = s.shape[0]
-    w = _relaxed_labels_fused(t, sigma)
+    w = relaxed_labels_fused(t, sigma)
     sq_norms = (s * s).sum(1)
     inv = 1.0 / float(sq_norms.mean())
     r = sq_norms * inv
-    sq = _sym_addmm_(r[:, None] + r[None, :], s, -2.0 * inv)
+    sq = sym_addmm_(r[:, None] + r[None, :], s, -2.0 * inv)
     sq.fill_diagonal_(1.0)
     loss, q = compiled(sq, w, delta)
     c = 2.0 * inv / n

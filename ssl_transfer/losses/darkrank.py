@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .relaxed import _compute_dtype, check_pair_inputs, full_precision, pairwise_distances
+from .common import check_pair_inputs, compute_dtype, full_precision, pairwise_distances
 
 
 def batch_hard_triplet(d: Tensor, labels: Tensor, margin: float) -> Tensor:
@@ -88,7 +88,7 @@ class DarkRankLoss(nn.Module):
                 raise ValueError("labels were given but with_triplet=False; drop the labels or enable the triplet term")
             if labels.shape != (n,):
                 raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
-        s = student.to(_compute_dtype(student))
+        s = student.to(compute_dtype(student))
         others = ~torch.eye(n, dtype=torch.bool, device=s.device)
         with torch.no_grad():
             t_d = pairwise_distances(teacher.detach().to(s.dtype))

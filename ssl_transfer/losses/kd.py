@@ -4,7 +4,9 @@ Neural Network", 2015), for classification transfer::
     p = softmax(t / T),  q = softmax(s / T)
     L = T² · (1/n) Σ_i KL(p_i || q_i) = T² · (1/n) Σ_i Σ_c p_ic (log p_ic - log q_ic)
 
-The T² factor keeps gradient magnitudes comparable across temperatures. Inputs are logits,
+The T² factor keeps gradient magnitudes comparable across temperatures. Logits must be finite
+(``common.check_logit_inputs``): a -inf logit in both p and q gives 0 · (-inf + inf) = NaN, so
+masked classes are refused rather than silently producing a NaN loss. Inputs are logits,
 not embeddings, so this loss is not in ``LOSSES``; add it to the cross-entropy of the student.
 
 Example::
@@ -20,7 +22,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .relaxed import _compute_dtype, full_precision
+from .common import check_logit_inputs, compute_dtype, full_precision
 
 
 class KDLoss(nn.Module):
@@ -40,10 +42,8 @@ class KDLoss(nn.Module):
 
     @full_precision
     def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
-        if student.ndim != 2 or student.shape != teacher.shape:
-            raise ValueError(f"expected student and teacher logits of the same (n, C) shape, got "
-                             f"{tuple(student.shape)} and {tuple(teacher.shape)}")
-        dtype = _compute_dtype(student)
+        check_logit_inputs(student, teacher)
+        dtype = compute_dtype(student)
         T = self.temperature
         log_q = F.log_softmax(student.to(dtype) / T, dim=1)
         log_p = F.log_softmax(teacher.detach().to(dtype) / T, dim=1)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .relaxed import _compute_dtype, check_pair_inputs, full_precision
+from .common import check_pair_inputs, compute_dtype, full_precision
 
 
 def cosine_conditional_probabilities(x: Tensor, eps: float) -> Tensor:
@@ -58,7 +58,7 @@ class PKTLoss(nn.Module):
     @full_precision
     def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
         check_pair_inputs(student, teacher)
-        s = student.to(_compute_dtype(student))
+        s = student.to(compute_dtype(student))
         with torch.no_grad():
             p = cosine_conditional_probabilities(teacher.detach().to(s.dtype), self.eps)
         q = cosine_conditional_probabilities(s, self.eps)

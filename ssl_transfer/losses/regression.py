@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .relaxed import _compute_dtype, full_precision
+from .common import check_pair_inputs, compute_dtype, full_precision
 
 
 class RegressionLoss(nn.Module):
@@ -44,13 +44,11 @@ class RegressionLoss(nn.Module):
 
     @full_precision
     def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
-        if student.ndim != 2 or teacher.ndim != 2 or student.shape[0] != teacher.shape[0]:
-            raise ValueError(f"expected student (n, d_s) and teacher (n, d_t) with the same n, got shapes "
-                             f"{tuple(student.shape)} and {tuple(teacher.shape)}")
+        check_pair_inputs(student, teacher, min_rows=1)
         if (student.shape[1], teacher.shape[1]) != (self.proj.in_features, self.proj.out_features):
             raise ValueError(f"RegressionLoss was built for d_s={self.proj.in_features}, "
                              f"d_t={self.proj.out_features}, got {student.shape[1]} and {teacher.shape[1]}")
-        dtype = _compute_dtype(student)
+        dtype = compute_dtype(student)
         bias = None if self.proj.bias is None else self.proj.bias.to(dtype)
         pred = F.linear(student.to(dtype), self.proj.weight.to(dtype), bias)
         return F.mse_loss(pred, teacher.detach().to(dtype))

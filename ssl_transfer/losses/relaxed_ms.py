@@ -14,6 +14,10 @@ Both log-sum terms are computed as logsumexp over [0, log w_ij + α D̃_ij] (res
 [0, log(1 - w_ij) + β(δ - D̃_ij)]), so large α D̃ cannot overflow and w = 0 or w = 1 (log = -inf)
 simply drops the pair.
 
+Conventions shared with ``RelaxedContrastiveLoss`` (same helpers): an all-zero teacher row is the
+origin (w = exp(-1/sigma) to unit rows, 1 to another zero row); the student is centred and
+unit-scaled before its Gram matrix; NaN / inf, d = 0, non-floating dtypes are refused.
+
 Multi-view batches are stacked as [view0 of all b images; view1 of all b images; ...], n = views·b:
 items i and j are views of the same image iff i % b == j % b, and such pairs get w = 1.
 
@@ -30,7 +34,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .relaxed import check_pair_inputs, full_precision, row_normalised_distances, teacher_relaxed_labels
+from .common import check_pair_inputs, full_precision
+from .relaxed import row_normalised_distances, teacher_relaxed_labels
 
 
 def same_image_mask(n: int, views: int, device: torch.device | None = None) -> Tensor:

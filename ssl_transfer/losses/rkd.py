@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .relaxed import _compute_dtype, check_pair_inputs, full_precision, pairwise_distances
+from .common import check_pair_inputs, compute_dtype, full_precision, pairwise_distances
 
 
 def mean_normalised_distances(x: Tensor) -> Tensor:
@@ -106,7 +106,7 @@ class RKDLoss(nn.Module):
     @full_precision
     def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
         check_pair_inputs(student, teacher)
-        s = student.to(_compute_dtype(student))
+        s = student.to(compute_dtype(student))
         t = teacher.detach().to(s.dtype)
         loss = s.new_zeros(())
         if self.dist_weight:
