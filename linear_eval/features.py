@@ -6,7 +6,8 @@ no random transforms): eval mode uses BatchNorm running statistics and disables 
 same model and loader give the same features.
 
 Example:
-    >>> backbone, info = load_backbone("runs/x/teacher.pt")      # linear_eval.models
+    >>> from ssl_transfer.models.torchvision_models import load_backbone  # any nn.Module will do
+    >>> backbone, info = load_backbone("runs/x/teacher.pt")
     >>> feats, labels = extract_features(backbone, test_loader, device="cuda")
 """
 

@@ -1,19 +1,18 @@
-"""Standard linear probe (Lightning), backbone loading, feature extraction and the kNN backends."""
+"""Standard linear probe (lightly's LinearClassifier on pytorch_lightning): frozen backbone,
+selection on val, test read once after fit, determinism, transforms."""
 
 import logging
 
-import lightning as L
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from linear_eval import extract_features, knn_accuracy, knn_predictions, load_backbone, standard_linear_probe
-from linear_eval.knn import default_chunk_size
-from linear_eval.models import BackboneError
-from linear_eval.standard import standard_transforms
+from ssl_transfer.evaluation.standard import StandardProbe, standard_linear_probe, standard_transforms
 
+logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 CPU = {"accelerator": "cpu", "devices": 1}
 K = 12  # classes: > 10, so top-5 is reported
@@ -57,7 +56,7 @@ class Recorded:
         return len(self.loader)
 
 
-class HeadSpy(L.Callback):
+class HeadSpy(pl.Callback):
     """Copies of the probe head's state after each validation epoch, after each training epoch
     and when testing starts."""
 
@@ -66,7 +65,7 @@ class HeadSpy(L.Callback):
 
     @staticmethod
     def _copy(module):
-        return {k: v.detach().clone() for k, v in module.head.state_dict().items()}
+        return {k: v.detach().clone() for k, v in module.classification_head.state_dict().items()}
 
     def on_validation_epoch_end(self, trainer, module):
         self.val_states.append(self._copy(module))
@@ -154,7 +153,7 @@ def test_standard_probe_tests_the_head_of_the_best_val_epoch():
     assert not same_state(spy.test_states[0], spy.last_state)  # ... not the final one
     # test_acc is that head's accuracy, recomputed by hand
     head = nn.Linear(32, K)
-    head.load_state_dict({k[2:]: v for k, v in spy.val_states[1].items()})  # "1.weight" -> "weight"
+    head.load_state_dict(spy.val_states[1])
     x, y = te.dataset.tensors
     with torch.no_grad():
         manual = float((head(bn_backbone().eval()(x)).argmax(1) == y).float().mean())
@@ -181,14 +180,16 @@ def test_standard_probe_select_last_without_val_and_feature_bn():
 
 
 def test_standard_probe_feature_bn_is_non_affine_and_learns_statistics():
-    from linear_eval.standard import LinearProbeModule
+    from lightly.utils.benchmarking import LinearClassifier
 
-    m = LinearProbeModule(bn_backbone(), 32, K, lr=0.1, batch_size=64, feature_bn=True)
-    bn = m.head[0]
+    m = StandardProbe(bn_backbone(), 64, 0.1, 32, K, feature_bn=True)
+    assert isinstance(m, LinearClassifier)
+    bn = m.classification_head[0]
     assert isinstance(bn, nn.BatchNorm1d) and not bn.affine and bn.eps == 1e-6
-    assert [n for n, p in m.named_parameters() if p.requires_grad] == ["head.1.weight", "head.1.bias"]
+    assert [n for n, p in m.named_parameters() if p.requires_grad] == ["classification_head.1.weight",
+                                                                       "classification_head.1.bias"]
     m.train()
-    assert not m.backbone.training and m.head.training  # train() never reaches the backbone
+    assert not m.model.training and m.classification_head.training  # train() never reaches the backbone
     m(torch.randn(8, 16))
     assert not torch.equal(bn.running_mean, torch.zeros(32))  # the probe's own BN does update
 
@@ -225,199 +226,43 @@ def test_standard_transforms():
     assert resize.size == 256 and standard_transforms(32)[1].transforms[0].size == 32
 
 
-# --------------------------------------------------------------------------- load_backbone
-def test_load_backbone_from_ssl_transfer_checkpoint(tmp_path):
-    from ssl_transfer.io import save_model
+def test_standard_probe_uses_lightlys_schedule_and_counts_accumulation_in_lr():
+    from lightly.utils.scheduler import CosineWarmupScheduler
+
+    class OptimizerSpy(pl.Callback):
+        def on_train_start(self, trainer, module):
+            self.group = dict(trainer.optimizers[0].param_groups[0])
+            self.scheduler = trainer.lr_scheduler_configs[0]
+
+    spy = OptimizerSpy()
+    tr, va, te = loaders()
+    r = standard_linear_probe(bn_backbone(), tr, va, None, K, 32, epochs=2, lr=0.4, momentum=0.8,
+                              weight_decay=1e-4, trainer_kwargs={**CPU, "callbacks": [spy],
+                                                                 "accumulate_grad_batches": 2})
+    assert isinstance(spy.scheduler.scheduler, CosineWarmupScheduler) and spy.scheduler.interval == "step"
+    assert spy.group["lr"] == pytest.approx(0.4 * 64 * 2 / 256) == r["params"]["lr"]
+    assert spy.group["momentum"] == 0.8 and spy.group["weight_decay"] == 1e-4
+    assert r["params"]["global_batch_size"] == 128 and r["params"]["total_steps"] == 2 * 4
+    assert r["test_acc"] is None and r["test_top5"] is None and r["params"]["n_test"] is None
+
+
+def test_eval_protocol_standard_is_reachable_from_the_config_and_reads_test_only_when_asked():
+    """``eval.protocol: standard`` runs this probe inside the runner's evaluation: the labelled
+    eval_train images with crops and flips, the epoch chosen on val, test once (or never)."""
+    from ssl_transfer.config import config_from_dict
+    from ssl_transfer.data import DataBundle
+    from ssl_transfer.evaluation.frozen import evaluate
     from ssl_transfer.models import build_backbone
 
+    cfg = config_from_dict({"data": {"name": "digits", "val_size": 200, "batch_size": 64, "num_workers": 0},
+                            "eval": {"protocol": "standard", "standard_epochs": 2, "knn_k": 5, "device": "cpu"},
+                            "trainer": {"accelerator": "cpu"}})
+    bundle = DataBundle.from_config(cfg.data, 0)
     torch.manual_seed(0)
-    net, spec = build_backbone("resnet18", "cifar", 1)
-    save_model(tmp_path / "student.pt", net, spec)
-    loaded, info = load_backbone(tmp_path / "student.pt")
-    assert info["source"] == "checkpoint" and info["feat_dim"] == 512 and info["spec"]["stem"] == "cifar"
-    assert not loaded.training
-    x = torch.randn(2, 1, 8, 8)
-    torch.testing.assert_close(loaded(x), net.eval()(x))
-    with pytest.raises(ValueError, match="drop the weights"):
-        load_backbone(tmp_path / "student.pt", weights=tmp_path / "w.pth")
-    from ssl_transfer.errors import CheckpointError
-
-    with pytest.raises(CheckpointError, match="does not exist"):
-        load_backbone(tmp_path / "missing" / "teacher.pt")
-
-
-def test_load_backbone_torchvision_penultimate_features_and_weights(tmp_path):
-    from torchvision.models import resnet18
-
-    torch.manual_seed(1)
-    ref = resnet18(weights=None).eval()
-    torch.save(ref.state_dict(), tmp_path / "full.pth")
-    x = torch.randn(2, 3, 16, 16)
-    ref_feats = torch.flatten(ref.avgpool(ref.layer4(ref.layer3(ref.layer2(ref.layer1(
-        ref.maxpool(ref.relu(ref.bn1(ref.conv1(x))))))))), 1)
-
-    net, info = load_backbone("torchvision:resnet18", weights=tmp_path / "full.pth")
-    assert isinstance(net.fc, nn.Identity) and info["feat_dim"] == 512 and info["removed_classifier"] == "fc"
-    torch.testing.assert_close(net(x), ref_feats)
-    # a headless state dict (no fc.*), wrapped and DDP-prefixed, loads the same weights
-    headless = {f"module.{k}": v for k, v in ref.state_dict().items() if not k.startswith("fc.")}
-    torch.save({"state_dict": headless}, tmp_path / "headless.pth")
-    net2, _ = load_backbone("torchvision:resnet18", weights=tmp_path / "headless.pth")
-    torch.testing.assert_close(net2(x), ref_feats)
-    # without weights: random init, never a download, still penultimate features
-    net3, _ = load_backbone("torchvision:resnet18")
-    out3 = net3(x)
-    assert out3.shape == (2, 512) and not torch.allclose(out3, ref_feats)
-
-
-def test_load_backbone_other_torchvision_heads():
-    net, info = load_backbone("torchvision:mobilenet_v3_small")
-    assert info["removed_classifier"] == "classifier.3" and info["feat_dim"] == 1024
-    assert net(torch.randn(1, 3, 64, 64)).shape == (1, 1024)
-
-
-def test_load_backbone_errors(tmp_path):
-    from torchvision.models import resnet18
-
-    with pytest.raises(ValueError, match="unknown torchvision model 'resnet999'"):
-        load_backbone("torchvision:resnet999")
-    with pytest.raises(ValueError, match="unknown backbone 'resnet50'"):
-        load_backbone("resnet50")
-    with pytest.raises(ValueError, match="does not end in a linear"):
-        load_backbone("torchvision:squeezenet1_1")
-    sd = resnet18(weights=None).state_dict()
-    bad = {k: v for k, v in sd.items() if k != "conv1.weight"}
-    bad["extra.weight"] = torch.zeros(1)
-    bad["bn1.weight"] = torch.zeros(3)
-    torch.save(bad, tmp_path / "bad.pth")
-    with pytest.raises(BackboneError) as e:
-        load_backbone("torchvision:resnet18", weights=tmp_path / "bad.pth")
-    msg = str(e.value)
-    assert "\n" not in msg and "1 missing (conv1.weight)" in msg
-    assert "1 unexpected (extra.weight)" in msg and "bn1.weight (3,) vs (64,)" in msg
-    torch.save({"a": 1}, tmp_path / "notsd.pth")
-    with pytest.raises(ValueError, match="not a state_dict"):
-        load_backbone("torchvision:resnet18", weights=tmp_path / "notsd.pth")
-    with pytest.raises(ValueError, match="does not exist"):
-        load_backbone("torchvision:resnet18", weights=tmp_path / "nope.pth")
-
-
-# --------------------------------------------------------------------------- extract_features
-def test_extract_features_max_batches_and_mixed_modes_restored():
-    net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Dropout(0.5))
-    net.train()
-    net[1].eval()  # a mixed state (e.g. a frozen part) must come back exactly as it was
-    loader = [(torch.randn(16, 4), torch.arange(16)) for _ in range(5)]
-    seen = []
-    net.register_forward_hook(lambda m, i, o: seen.append([c.training for c in m]))
-    feats, labels = extract_features(net, loader, max_batches=2, dtype=torch.float64)
-    assert feats.shape == (32, 8) and feats.dtype == torch.float64 and torch.equal(labels, torch.arange(16).repeat(2))
-    assert seen == [[False] * 3] * 2  # eval mode (no dropout) during extraction
-    assert [m.training for m in net] == [True, False, True] and net.training
-    again, _ = extract_features(net, loader, max_batches=2, dtype=torch.float64)
-    assert torch.equal(feats, again)  # deterministic
-    with pytest.raises(ValueError, match="max_batches"):
-        extract_features(net, loader, max_batches=0)
-
-
-# --------------------------------------------------------------------------- kNN
-def clustered(n, d, k, seed, spread):
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(k, d))
-    y = rng.integers(0, k, n)
-    return (centres[y] + spread * rng.normal(size=(n, d))).astype(np.float32), y
-
-
-def reference_votes(bank, bank_y, queries, k, T, num_classes):
-    """float64 brute force: predictions, relative margin between the two best class scores,
-    and the similarity gap between the k-th and (k+1)-th neighbour (near-tie detectors)."""
-    b = bank / np.linalg.norm(bank, axis=1, keepdims=True)
-    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
-    sim = q.astype(np.float64) @ b.astype(np.float64).T
-    order = np.argsort(-sim, axis=1)
-    votes = np.zeros((len(q), num_classes))
-    for i in range(len(q)):
-        for j in order[i, :k]:
-            votes[i, bank_y[j]] += np.exp(sim[i, j] / T)
-    top2 = np.sort(votes, axis=1)[:, -2:]
-    srt = np.take_along_axis(sim, order, 1)
-    gap = srt[:, k - 1] - srt[:, k] if k < sim.shape[1] else np.full(len(q), np.inf)
-    return votes.argmax(1), (top2[:, 1] - top2[:, 0]) / top2[:, 1], gap
-
-
-def assert_same_up_to_ties(pred, ref, margin, gap):
-    differ = np.asarray(pred) != ref
-    assert differ.mean() <= 0.02
-    assert np.all((margin[differ] < 1e-4) | (gap[differ] < 1e-5)), "a non-tied prediction differs"
-
-
-@pytest.mark.parametrize("k", [1, 20, 200])
-def test_knn_torch_backend_matches_lightly_knn_predict(k):
-    from lightly.utils.benchmarking import knn_predict
-
-    x, y = clustered(750, 24, 10, seed=k, spread=1.5)
-    bank, bank_y, q = x[:600], y[:600], x[600:]
-    bank_t = torch.nn.functional.normalize(torch.tensor(bank), dim=1)
-    lightly_pred = knn_predict(torch.nn.functional.normalize(torch.tensor(q), dim=1), bank_t.T,
-                               torch.tensor(bank_y), 10, k, 0.1)[:, 0].numpy()
-    ours = knn_predictions(bank, bank_y, q, k=k, temperature=0.1, num_classes=10, chunk_size=64)
-    _, margin, gap = reference_votes(bank, bank_y, q, k, 0.1, 10)
-    assert_same_up_to_ties(ours.numpy(), lightly_pred, margin, gap)
-    assert (ours.numpy() == lightly_pred).mean() >= 0.98
-
-
-@pytest.mark.parametrize("k,T", [(1, 0.1), (10, 0.07), (100, 0.5)])
-def test_knn_faiss_backend_matches_torch_backend(k, T):
-    pytest.importorskip("faiss")
-    x, y = clustered(2300, 32, 10, seed=k, spread=2.0)
-    bank, bank_y, q, q_y = x[:2000], y[:2000], x[2000:], y[2000:]
-    torch_pred = knn_predictions(bank, bank_y, q, k=k, temperature=T, backend="torch")
-    faiss_pred = knn_predictions(bank, bank_y, q, k=k, temperature=T, backend="faiss", chunk_size=128)
-    ref, margin, gap = reference_votes(bank, bank_y, q, k, T, 10)
-    assert_same_up_to_ties(torch_pred.numpy(), ref, margin, gap)
-    assert_same_up_to_ties(faiss_pred.numpy(), ref, margin, gap)
-    assert 0.3 < (ref == q_y).mean() < 1.0  # a non-trivial problem: the votes matter
-    assert knn_accuracy(bank, bank_y, q, q_y, k, T, backend="faiss") == pytest.approx(
-        knn_accuracy(bank, bank_y, q, q_y, k, T), abs=0.01)
-
-
-def test_knn_rejects_unknown_backend_and_bad_chunk():
-    x, y = clustered(20, 4, 2, seed=0, spread=1.0)
-    with pytest.raises(ValueError, match="unknown kNN backend 'annoy'"):
-        knn_accuracy(x, y, x, y, backend="annoy")
-    with pytest.raises(ValueError, match="chunk_size"):
-        knn_predictions(x, y, x, chunk_size=0)
-
-
-def test_knn_torch_memory_is_bounded_by_chunk_times_bank():
-    """No tensor created during the search is larger than chunk_size x n: no copy of the
-    (n, d) bank (d > chunk here), no (chunk * k, classes) one-hot (k * classes > n here)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Largest(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.numel = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            flat = list(args) + list((kwargs or {}).values())
-            inputs = {a.untyped_storage().data_ptr() for a in flat if isinstance(a, torch.Tensor)}
-            for t in out if isinstance(out, (tuple, list)) else (out,):
-                # new allocations only: views (detach, transpose) share an input's storage
-                if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
-                    self.numel = max(self.numel, t.untyped_storage().nbytes() // t.element_size())
-            return out
-
-    n, d, chunk, k, classes = 600, 64, 16, 50, 200
-    bank = torch.randn(n, d)
-    labels = torch.randint(0, classes, (n,))
-    queries = torch.randn(100, d)
-    with Largest() as spy:
-        pred = knn_predictions(bank, labels, queries, k=k, num_classes=classes, chunk_size=chunk)
-    assert pred.shape == (100,)
-    assert 0 < spy.numel <= chunk * n
-    # the default chunk keeps an ImageNet-sized similarity block within 2**28 floats (1 GiB)
-    n_imagenet = 1_281_167
-    assert 100 < default_chunk_size(n_imagenet) and default_chunk_size(n_imagenet) * n_imagenet <= 2 ** 28
-    assert default_chunk_size(50_000) == 1024 and default_chunk_size(10 ** 10) == 1
+    net, _ = build_backbone("resnet18", "imagenet", 1)
+    res = evaluate(net, bundle, cfg)
+    assert res["linear"]["protocol"] == "standard" and len(res["linear"]["val_curve"]) == 2
+    assert 0 <= res["linear_acc"] <= 1 and res["val_linear_acc"] == max(res["linear"]["val_curve"])
+    choosing = evaluate(net, bundle, cfg, test=False)
+    assert choosing["linear_acc"] is None and choosing["knn_acc"] is None
+    assert choosing["val_linear_acc"] == res["val_linear_acc"]  # seeded: the same probe

@@ -1,5 +1,8 @@
-"""External backbone weights: formats, prefix detection, strict errors, export, CLI pretrain/export/transfer."""
+"""Checkpoint reading and backbone weights: the one reader (ssl_transfer.io.read_checkpoint), formats,
+prefix detection, strict errors, export, load_backbone (checkpoints and torchvision models), CLI
+pretrain/export/transfer."""
 
+import ast
 import json
 
 import pytest
@@ -9,8 +12,9 @@ from torchvision import models as tvm
 
 from ssl_transfer.cli import main
 from ssl_transfer.errors import CheckpointError
-from ssl_transfer.io import save_model
+from ssl_transfer.io import load_model, read_checkpoint, save_model
 from ssl_transfer.models import build_backbone
+from ssl_transfer.models.torchvision_models import BackboneError, load_backbone
 from ssl_transfer.models.weights import export_backbone, load_backbone_weights, resolve_backbone
 
 torch.set_num_threads(1)
@@ -172,6 +176,129 @@ def test_unreadable_and_unmatched_files(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------
+# the one checkpoint reader
+# ----------------------------------------------------------------------------------------
+
+
+def test_read_checkpoint_is_the_only_torch_load(repo_root):
+    """Every checkpoint the packages read goes through ssl_transfer.io.read_checkpoint."""
+    calls = []
+    for package in ("ssl_transfer", "linear_eval"):
+        for path in sorted((repo_root / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load"
+                        and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch"):
+                    calls.append(str(path.relative_to(repo_root)))
+    assert calls == ["ssl_transfer/io.py"]
+    import ssl_transfer.models.weights as weights
+
+    assert weights.read_checkpoint is read_checkpoint  # still importable from there (pipeline)
+
+
+def test_read_checkpoint_and_load_model_errors_are_one_line(tmp_path):
+    for reader in (read_checkpoint, load_model):
+        with pytest.raises(CheckpointError) as e:
+            reader(tmp_path / "none.pt")
+        one_line(e, "does not exist")
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    torch.save({"spec": {}, "backbone": {}, "hp": CheckpointError("x")}, tmp_path / "pickled.pt")
+    for reader in (read_checkpoint, load_model):
+        with pytest.raises(CheckpointError) as e:
+            reader(tmp_path / "junk.pt")
+        one_line(e, "cannot be read (", "truncated")
+        with pytest.raises(CheckpointError) as e:
+            reader(tmp_path / "pickled.pt")
+        one_line(e, "cannot be read safely", "--unsafe-load")
+    assert isinstance(read_checkpoint(tmp_path / "pickled.pt", unsafe=True)["hp"], CheckpointError)
+    torch.save({"a": torch.ones(2)}, tmp_path / "sd.pth")
+    assert torch.equal(read_checkpoint(tmp_path / "sd.pth")["a"], torch.ones(2))
+    with pytest.raises(CheckpointError) as e:
+        load_model(tmp_path / "sd.pth")
+    one_line(e, "not an ssl-transfer model file")
+
+
+# ----------------------------------------------------------------------------------------
+# load_backbone: ssl-transfer checkpoints and torchvision models
+# ----------------------------------------------------------------------------------------
+
+
+def test_load_backbone_from_ssl_transfer_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    net, spec = build_backbone("resnet18", "cifar", 1)
+    save_model(tmp_path / "student.pt", net, spec)
+    loaded, info = load_backbone(tmp_path / "student.pt")
+    assert info["source"] == "checkpoint" and info["feat_dim"] == 512 and info["spec"]["stem"] == "cifar"
+    assert not loaded.training
+    x = torch.randn(2, 1, 8, 8)
+    torch.testing.assert_close(loaded(x), net.eval()(x))
+    with pytest.raises(ValueError, match="drop the weights"):
+        load_backbone(tmp_path / "student.pt", weights=tmp_path / "w.pth")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_backbone(tmp_path / "missing" / "teacher.pt")
+
+
+def test_load_backbone_torchvision_penultimate_features_and_weights(tmp_path):
+    torch.manual_seed(1)
+    ref = tvm.resnet18(weights=None).eval()
+    torch.save(ref.state_dict(), tmp_path / "full.pth")
+    x = torch.randn(2, 3, 16, 16)
+    ref_feats = torch.flatten(ref.avgpool(ref.layer4(ref.layer3(ref.layer2(ref.layer1(
+        ref.maxpool(ref.relu(ref.bn1(ref.conv1(x))))))))), 1)
+
+    net, info = load_backbone("torchvision:resnet18", weights=tmp_path / "full.pth")
+    assert isinstance(net.fc, nn.Identity) and info["feat_dim"] == 512 and info["removed_classifier"] == "fc"
+    torch.testing.assert_close(net(x), ref_feats)
+    # a headless state dict (no fc.*), wrapped and DDP-prefixed, loads the same weights
+    headless = {f"module.{k}": v for k, v in ref.state_dict().items() if not k.startswith("fc.")}
+    torch.save({"state_dict": headless}, tmp_path / "headless.pth")
+    net2, _ = load_backbone("torchvision:resnet18", weights=tmp_path / "headless.pth")
+    torch.testing.assert_close(net2(x), ref_feats)
+    # without weights: random init, never a download, still penultimate features
+    net3, _ = load_backbone("torchvision:resnet18")
+    out3 = net3(x)
+    assert out3.shape == (2, 512) and not torch.allclose(out3, ref_feats)
+
+
+def test_load_backbone_other_torchvision_heads():
+    net, info = load_backbone("torchvision:mobilenet_v3_small")
+    assert info["removed_classifier"] == "classifier.3" and info["feat_dim"] == 1024
+    assert net(torch.randn(1, 3, 64, 64)).shape == (1, 1024)
+
+
+def test_load_backbone_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown torchvision model 'resnet999'"):
+        load_backbone("torchvision:resnet999")
+    with pytest.raises(ValueError, match="unknown backbone 'resnet50'"):
+        load_backbone("resnet50")
+    with pytest.raises(ValueError, match="does not end in a linear"):
+        load_backbone("torchvision:squeezenet1_1")
+    sd = tvm.resnet18(weights=None).state_dict()
+    bad = {k: v for k, v in sd.items() if k != "conv1.weight"}
+    bad["extra.weight"] = torch.zeros(1)
+    bad["bn1.weight"] = torch.zeros(3)
+    torch.save(bad, tmp_path / "bad.pth")
+    with pytest.raises(BackboneError) as e:
+        load_backbone("torchvision:resnet18", weights=tmp_path / "bad.pth")
+    msg = str(e.value)
+    assert "\n" not in msg and "1 missing (conv1.weight)" in msg
+    assert "1 unexpected (extra.weight)" in msg and "bn1.weight (3,) vs (64,)" in msg
+    torch.save({"a": 1}, tmp_path / "notsd.pth")
+    with pytest.raises(ValueError, match="not a state_dict"):
+        load_backbone("torchvision:resnet18", weights=tmp_path / "notsd.pth")
+    with pytest.raises(ValueError, match="does not exist"):
+        load_backbone("torchvision:resnet18", weights=tmp_path / "nope.pth")
+
+
+def test_load_backbone_unreadable_weights_raise_backbone_error(tmp_path):
+    (tmp_path / "junk.pth").write_bytes(b"junk")
+    torch.save({"state_dict": torchvision_state(), "hp": CheckpointError("x")}, tmp_path / "pickled.pth")
+    for name, needle in (("junk.pth", "cannot be read ("), ("pickled.pth", "cannot be read safely")):
+        with pytest.raises(BackboneError) as e:
+            load_backbone("torchvision:resnet18", weights=tmp_path / name)
+        one_line(e, needle)
+
+
+# ----------------------------------------------------------------------------------------
 # export
 # ----------------------------------------------------------------------------------------
 
@@ -197,12 +324,12 @@ def test_export_infers_architecture_and_writes_torchvision_keys(tmp_path):
 
 def test_export_of_this_projects_lightning_checkpoint_uses_its_hyperparameters(tmp_path):
     import lightning as L
-    from test_moco import Views, moco_cfg
+    from test_moco import Views, data, moco_cfg
     from torch.utils.data import DataLoader
 
     from ssl_transfer.stages.pretrain import MoCoV2Module
 
-    module = MoCoV2Module(moco_cfg(stem="small"), 1, 4)
+    module = MoCoV2Module(moco_cfg(stem="small"), data(), 1)
     t = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                   enable_progress_bar=False, enable_model_summary=False)
     t.fit(module, DataLoader(Views(), batch_size=4))

@@ -2,6 +2,8 @@
 
 ``load_backbone(spec, weights=None) -> (backbone, info)``; the backbone maps images
 (n, C, H, W) to penultimate features (n, info["feat_dim"]) and is returned in eval mode on CPU.
+It is what ``ssl-transfer eval torchvision:NAME --weights FILE`` evaluates; the features then go
+to :func:`linear_eval.extract_features` and the probes.
 
 Accepted specs:
 
@@ -13,12 +15,13 @@ Accepted specs:
   MobileNets, VGG, DenseNet, ...). The model is built with ``weights=None`` (nothing is ever
   downloaded); its last ``nn.Linear`` (the 1000-way classifier) is replaced by ``nn.Identity``
   so it outputs the features that classifier would have seen. ``weights`` optionally names a
-  state-dict file (``torch.save(model.state_dict())``, read with ``weights_only=True``) for
-  either the full model (classifier keys included; the classifier is dropped after loading) or
-  the headless model (no classifier keys). A ``{"state_dict": ...}`` or ``{"model": ...}``
-  wrapper and a ``module.`` prefix on every key (DDP) are unwrapped; anything else must match
-  exactly: loading is always strict, and a mismatch raises listing the missing, unexpected and
-  wrongly shaped keys.
+  state-dict file (``torch.save(model.state_dict())``, read by
+  :func:`ssl_transfer.io.read_checkpoint`, i.e. ``weights_only=True``) for either the full
+  model (classifier keys included; the classifier is dropped after loading) or the headless
+  model (no classifier keys). A ``{"state_dict": ...}`` or ``{"model": ...}`` wrapper and a
+  ``module.`` prefix on every key (DDP) are unwrapped; anything else must match exactly:
+  loading is always strict, and a mismatch raises listing the missing, unexpected and wrongly
+  shaped keys.
 
 Errors raise :class:`BackboneError` (a ``CheckpointError``, so the CLI prints one line, and a
 ``ValueError``); a bad ssl-transfer checkpoint raises ``load_model``'s ``CheckpointError``.
@@ -38,7 +41,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ssl_transfer.errors import CheckpointError
+from ..errors import CheckpointError
+from ..io import load_model, read_checkpoint
+from .weights import state_dict_mismatch
 
 TORCHVISION_PREFIX = "torchvision:"
 
@@ -69,20 +74,16 @@ def _set_submodule(net: nn.Module, qualified: str, module: nn.Module) -> None:
 
 
 def _read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    p = Path(path)
-    if not p.is_file():
-        raise BackboneError(f"weights file '{p}' does not exist; pass a state_dict saved with torch.save")
     try:
-        sd = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise BackboneError(f"weights file '{p}' cannot be read ({type(e).__name__}); it is truncated, "
-                            "not a torch file, or holds more than tensors") from None
+        sd = read_checkpoint(path)
+    except CheckpointError as e:
+        raise BackboneError(str(e)) from None
     for wrapper in ("state_dict", "model"):
         if isinstance(sd, dict) and isinstance(sd.get(wrapper), dict):
             sd = sd[wrapper]
             break
     if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise BackboneError(f"weights file '{p}' is not a state_dict (a dict of tensors); "
+        raise BackboneError(f"weights file '{path}' is not a state_dict (a dict of tensors); "
                             "save it with torch.save(model.state_dict(), path)")
     if all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
@@ -90,8 +91,6 @@ def _read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def _load_strict(net: nn.Module, sd: dict[str, torch.Tensor], what: str) -> None:
-    from ssl_transfer.models.weights import state_dict_mismatch
-
     problem = state_dict_mismatch(net.state_dict(), sd, file_word="")
     if problem:
         raise BackboneError(f"weights do not match {what}: {problem}; pass the state_dict of this exact architecture")
@@ -136,8 +135,6 @@ def load_backbone(spec: str | os.PathLike, weights: str | os.PathLike | None = N
         if weights is not None:
             raise BackboneError(f"'{s}' is an ssl-transfer checkpoint that holds its own weights; "
                                 "drop the weights argument")
-        from ssl_transfer.io import load_model
-
         net, payload = load_model(s)
         info = {"source": "checkpoint", "path": s, "spec": dict(payload["spec"]),
                 "feat_dim": int(payload["spec"]["feat_dim"])}
