@@ -10,8 +10,8 @@ after the peak has been reset to the current RSS (``echo 5 > /proc/self/clear_re
 input features exist. It sees torch allocations, which tracemalloc does not.
 
 Usage:
-    python bench/eval_speed.py                       # full sizes, writes docs/eval_speed.md
-    python bench/eval_speed.py --quick --out /tmp/x.md   # 10x smaller smoke run
+    python -m bench.eval_speed                       # full sizes, writes docs/eval_speed.md
+    python -m bench.eval_speed --quick --out /tmp/x.md   # 10x smaller smoke run
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 # --------------------------------------------------------------------------- worker side
@@ -131,7 +130,7 @@ def main(argv=None) -> int:
     load0 = os.getloadavg()
     rows = []
     for name in a.only:
-        cmd = [sys.executable, __file__, "--worker", name] + (["--quick"] if a.quick else [])
+        cmd = [sys.executable, "-m", "bench.eval_speed", "--worker", name] + (["--quick"] if a.quick else [])
         if a.chunk_size is not None:
             cmd += ["--chunk-size", str(a.chunk_size)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
@@ -139,7 +138,7 @@ def main(argv=None) -> int:
         print(f"{name}: {rows[-1]['seconds']:.1f} s, +{rows[-1]['peak_extra_mib']:.0f} MiB", flush=True)
     load1 = os.getloadavg()
 
-    invoked = "python bench/eval_speed.py" + "".join(f" {x}" for x in (argv if argv is not None else sys.argv[1:]))
+    invoked = "python -m bench.eval_speed" + "".join(f" {x}" for x in (argv if argv is not None else sys.argv[1:]))
     lines = [
         "# Evaluation speed and memory",
         "",

@@ -12,7 +12,7 @@ schedule, ``SimCLRTransform`` with its default augmentations at the dataset's im
 with the dataset's mean/std (lightly's ImageNet statistics have three channels), a shuffled
 DataLoader with ``drop_last=True``.
 
-    python bench/source_baseline.py configs/quickstart.yaml --out runs/source_baseline \
+    python -m bench.source_baseline configs/quickstart.yaml --out runs/source_baseline \
         --json docs/data/source_baseline_seed0.json
 """
 
@@ -33,9 +33,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from ssl_transfer.config import load_config
 from ssl_transfer.data import DataBundle
+from ssl_transfer.evaluation.frozen import evaluate
 from ssl_transfer.models import build_backbone
-from ssl_transfer.pipeline import _versions, evaluate, pretrain, setup_runtime
-from ssl_transfer.stages.base import steps_for
+from ssl_transfer.pipeline import pretrain
+from ssl_transfer.runs import versions
+from ssl_transfer.runtime import setup_runtime, steps_for
 
 
 class PlainViews(Dataset):
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.source.method != "simclr":
         sys.exit("error: the plain lightly pipeline is SimCLR; set source.method=simclr")
     started = time.perf_counter()
-    ours = pretrain(cfg, args.out, overwrite=True)
+    ours = pretrain(cfg, args.out, overwrite=Path(args.out).exists())
     bundle = DataBundle.from_config(cfg.data, cfg.seed, method="simclr")
     setup_runtime(cfg)
     steps = steps_for(cfg.source.epochs, len(bundle.train_loader(cfg.seed)))
@@ -109,13 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     plain = evaluate(backbone, bundle, cfg)
     keys = ("linear_acc", "knn_acc", "val_linear_acc", "val_knn_acc")
     out = {
-        "command": "python bench/source_baseline.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m bench.source_baseline " + " ".join(sys.argv[1:] if argv is None else argv),
         "steps": steps, "batch_size": cfg.data.batch_size, "epochs": cfg.source.epochs,
         "ssl_transfer": {**{k: ours["teacher"][k] for k in keys}, "train_s": ours["timings_s"]["source"],
                          "linear_C": ours["teacher"]["linear"].get("C")},
         "plain_lightly": {**{k: plain[k] for k in keys}, "train_s": seconds, "linear_C": plain["linear"].get("C")},
         "config": cfg.to_dict(), "data_sizes": bundle.sizes(), "threads": torch.get_num_threads(),
-        "versions": _versions(), "total_s": time.perf_counter() - started,
+        "versions": versions(), "total_s": time.perf_counter() - started,
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2))

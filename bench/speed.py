@@ -1,6 +1,6 @@
 """Speed ratios of the transfer stage, measured in one run (issue 5, item 8).
 
-    python bench/speed.py [--config configs/quickstart.yaml] [--threads 1] [--out docs/speed.md]
+    python -m bench.speed [--config configs/quickstart.yaml] [--threads 1] [--out docs/speed.md]
 
 1. **Loss**: ``RelaxedContrastiveLoss`` forward + backward at n = 512, d = 512 (float32) against
    one n×n×d matmul ((512, 512) @ (512, 512)); target at most 4×. The same is timed for the
@@ -30,11 +30,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 LOSS_TARGET, STEP_TARGET = 4.0, 1.4
 
@@ -89,7 +88,7 @@ def autograd_relaxed(student, teacher, sigma: float, delta: float):
 
 def bench_loss(n: int, d: int, warmup: int, rounds: int, per_round: int, seed: int = 0) -> dict:
     from ssl_transfer.losses import RelaxedContrastiveLoss
-    from ssl_transfer.losses.relaxed import _relaxed_labels_fused
+    from ssl_transfer.losses.relaxed_fused import relaxed_labels_fused
 
     g = torch.Generator().manual_seed(seed)
     s, t = torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)
@@ -111,7 +110,7 @@ def bench_loss(n: int, d: int, warmup: int, rounds: int, per_round: int, seed: i
         "matmul": lambda: a @ b,
         "loss_fwd_bwd": fwd_bwd(fn),
         "loss_fwd_no_grad": fwd_only,
-        "teacher_labels": lambda: _relaxed_labels_fused(t, 3.0),
+        "teacher_labels": lambda: relaxed_labels_fused(t, 3.0),
         "autograd_fwd_bwd": fwd_bwd(lambda u, v: autograd_relaxed(u, v, 3.0, 1.0)),
     }
     times = interleaved(fns, warmup, rounds, per_round)
@@ -168,7 +167,7 @@ def bench_step(config: str, overrides: list[str], warmup: int, rounds: int, per_
 
     from ssl_transfer.config import load_config
     from ssl_transfer.data import DataBundle
-    from ssl_transfer.pipeline import setup_runtime
+    from ssl_transfer.runtime import setup_runtime
     from ssl_transfer.stages.pretrain import SimCLRModule
     from ssl_transfer.stages.transfer import FrozenTeacher, TransferModule, build_student
 
@@ -181,17 +180,16 @@ def bench_step(config: str, overrides: list[str], warmup: int, rounds: int, per_
     clean = tc.teacher_views == "clean"
     batch = next(iter(bundle.train_loader(cfg.seed, clean=clean)))
     torch.manual_seed(cfg.seed)
-    teacher = SimCLRModule(cfg.source, bundle.channels, cfg.data.batch_size)  # weights do not matter
+    teacher = SimCLRModule(cfg.source, cfg.data, bundle.channels)  # weights do not matter
 
     def simclr_module():
-        return SimCLRModule(cfg.source, bundle.channels, cfg.data.batch_size)
+        return SimCLRModule(cfg.source, cfg.data, bundle.channels)
 
     def transfer_module():
         head = teacher.projection_head if tc.teacher_output == "projection" else None
         student = build_student(tc, teacher.backbone, teacher.spec, bundle.channels)
-        t_dim = cfg.source.proj_out_dim if tc.teacher_output == "projection" else teacher.spec.feat_dim
-        return TransferModule(tc, student, FrozenTeacher(teacher.backbone, head), cfg.data.batch_size,
-                              teacher_dim=t_dim, views=cfg.data.views)
+        frozen = FrozenTeacher(teacher.backbone, teacher.spec.feat_dim, head, cfg.source.proj_out_dim)
+        return TransferModule(tc, cfg.data, student, frozen)
 
     # whole steps: each round a fresh Trainer per module; the first `warmup` steps are dropped
     # (they also fill the cross-batch memory: memory_size / (views * batch) steps)
@@ -352,7 +350,7 @@ def main(argv=None) -> int:
             low = res[part]["min_s"] = {k: min(v) for k, v in res[part]["times_s"].items()}
             res[part]["ratio_of_minima"] = low[num] / low[den]
         res["notes"] = ["", Path(args.notes).read_text()] if args.notes else res.get("notes", [])
-        Path(args.out).write_text(markdown(res, res.get("command", "python bench/speed.py")))
+        Path(args.out).write_text(markdown(res, res.get("command", "python -m bench.speed")))
         print(f"written {args.out}")
         return 0
     torch.set_num_threads(args.threads)
@@ -366,7 +364,7 @@ def main(argv=None) -> int:
     res["machine"]["loadavg_end"] = os.getloadavg()[0]
     if args.notes:
         res["notes"] = ["", Path(args.notes).read_text()]
-    command = "python bench/speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m bench.speed " + " ".join(argv if argv is not None else sys.argv[1:])
     res["command"] = command.strip()
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(res, indent=1))

@@ -1,23 +1,26 @@
 """``ssl-transfer`` command line.
 
     ssl-transfer run CONFIG [--set key=value ...] [--out DIR] [--overwrite | --resume] [--debug]
-    ssl-transfer transfer CONFIG --teacher WEIGHTS [--prefix P] [--set ...] [--out DIR] [--overwrite]
-    ssl-transfer pretrain CONFIG [--set ...] [--out DIR] [--overwrite]
-    ssl-transfer eval CHECKPOINT --config CONFIG [--set ...] [--out FILE.json]
+    ssl-transfer transfer CONFIG --teacher WEIGHTS [--prefix P] [--set ...] [--out DIR] [--overwrite | --resume]
+    ssl-transfer pretrain CONFIG [--set ...] [--out DIR] [--overwrite | --resume]
+    ssl-transfer eval CHECKPOINT --config CONFIG [--set ...] [--out FILE.json] [--embedding]
     ssl-transfer export CHECKPOINT --out backbone.pth [--arch A] [--stem S] [--in-channels C] [--prefix P]
 
-Errors caused by the input (config, data, output directory) print one line and exit with
-status 2; ``--debug`` shows the traceback instead.
+Bad input (config, data, checkpoints, the output directory, the file system) prints one line
+naming the cause and the fix and exits with status 2, with nothing lost; an internal error
+prints a short message and exits with status 1; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
 from pathlib import Path
 
-from .errors import SSLTransferError
+from .errors import ConfigError, OutputExistsError, SSLTransferError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,11 +29,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="source stage + controls + transfer stage + evaluation")
     t = sub.add_parser("transfer", help="controls + transfer stage + evaluation from a saved teacher")
-    for q in (r, t):
-        q.add_argument("config", help="YAML config, e.g. configs/quickstart.yaml")
+    pt = sub.add_parser("pretrain", help="source stage alone: teacher.pt + results.json with its evaluation")
+    for q, default in ((r, "runs/<config name>"), (t, "runs/<config name>"), (pt, "runs/<config name>_pretrain")):
+        q.add_argument("config", nargs="?", help="YAML config, e.g. configs/quickstart.yaml")
         _common(q)
-        q.add_argument("--out", help="output directory (default: runs/<config name>)")
-        q.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+        q.add_argument("--out", help=f"output directory (default: {default})")
+        q.add_argument("--overwrite", action="store_true",
+                       help="replace the run in --out (the new run replaces it only once it has completed)")
         q.add_argument("--resume", action="store_true",
                        help="continue the interrupted run in --out from its last checkpoint")
     t.add_argument("--teacher", required=True,
@@ -38,11 +43,6 @@ def _parser() -> argparse.ArgumentParser:
                         ".ckpt, torchvision or plain state dict) for the architecture of source.backbone/stem")
     t.add_argument("--prefix", help="prefix of the backbone keys in --teacher, e.g. 'backbone.' "
                                     "(default: detected; '' for none); sets source.weights_prefix")
-    pt = sub.add_parser("pretrain", help="source stage alone: teacher.pt + results.json with its evaluation")
-    pt.add_argument("config", help="YAML config, e.g. configs/cifar10_mocov2.yaml")
-    _common(pt)
-    pt.add_argument("--out", help="output directory (default: runs/<config name>_pretrain)")
-    pt.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     x = sub.add_parser("export", help="write a checkpoint's backbone as a plain state dict with torchvision keys")
     x.add_argument("checkpoint", help="teacher.pt / student.pt, a Lightning .ckpt (lightly, solo-learn, this "
                                       "project), or a state dict")
@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint", help="teacher.pt or student.pt of a run")
     e.add_argument("--config", required=True, help="YAML config naming the dataset and evaluation")
     _common(e)
-    e.add_argument("--out", help="also write the results to this JSON file")
+    e.add_argument("--out", help="also write the results to this JSON file (never overwritten)")
     e.add_argument("--embedding", action="store_true",
                    help="evaluate a student's embedding (backbone + head, e.g. the 64-d output of dimension "
                         "reduction) instead of its backbone feature")
@@ -69,51 +69,54 @@ def _parser() -> argparse.ArgumentParser:
 
 def _common(q: argparse.ArgumentParser) -> None:
     q.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                   help="override config keys, e.g. --set transfer.sigma=3 data.batch_size=128")
+                   help="override config keys, e.g. --set transfer.loss_args.sigma=3 data.batch_size=128")
     q.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+
+
+def _config(args) -> tuple[str, list[str]]:
+    """The config path and the overrides; a config written after ``--set ...`` (where argparse
+    takes it for one more override) is recognised as the item without '=' that names a file."""
+    overrides = list(args.overrides)
+    config = args.config
+    if config is None:
+        paths = [o for o in overrides if "=" not in o]
+        if len(paths) != 1:
+            raise ConfigError("no config file given; write e.g. ssl-transfer run configs/quickstart.yaml "
+                              "--set key=value (the config before --set)")
+        config = paths[0]
+        overrides.remove(config)
+    if getattr(args, "prefix", None) is not None:
+        overrides.append(f"source.weights_prefix={json.dumps(args.prefix)}")
+    return config, overrides
 
 
 def _run(args) -> int:
     from .config import load_config
+    from .pipeline import pretrain, run
+    from .runs import RunDirectory
 
-    overrides = list(args.overrides)
-    if getattr(args, "prefix", None) is not None:
-        overrides.append(f"source.weights_prefix={json.dumps(args.prefix)}")
-    cfg = load_config(args.config, overrides)
-    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    from .pipeline import check_out_dir, run
-
-    if args.resume and args.overwrite:
-        from .errors import ConfigError
-
-        raise ConfigError("--resume and --overwrite contradict each other; pass one of them")
-    if not args.resume:
-        check_out_dir(out, args.overwrite, keep=getattr(args, "teacher", None))  # fail before any work
-    results = run(cfg, out, overwrite=args.overwrite, teacher_path=getattr(args, "teacher", None),
-                  resume=args.resume)
+    path, overrides = _config(args)
+    cfg = load_config(path, overrides)
+    stem = Path(path).stem + ("_pretrain" if args.command == "pretrain" else "")
+    out = args.out if args.out is not None else str(Path("runs") / stem)
+    teacher = getattr(args, "teacher", None)
+    RunDirectory.check(out, args.overwrite, args.resume, keep=teacher)  # fail before any work
+    if args.command == "pretrain":
+        results = pretrain(cfg, out, overwrite=args.overwrite, resume=args.resume)
+    else:
+        results = run(cfg, out, overwrite=args.overwrite, teacher_path=teacher, resume=args.resume)
     if results is None:  # a DDP worker process: global rank 0 evaluates, writes and reports
+        return 0
+    if args.command == "pretrain":
+        t = results["teacher"]
+        print(f"{cfg.source.method} teacher ({results['models']['teacher']['arch']}, {cfg.source.epochs:g} epochs): "
+              f"linear {100 * t['linear_acc']:.2f}%, kNN {100 * t['knn_acc']:.2f}% (test split)")
+        print(f"results written to {out}/ (teacher.pt, results.json, logs/, checkpoints/)")
         return 0
     from .report import report_markdown
 
     print(report_markdown(results))
     print(f"results written to {out}/ (results.json, report.md, plots/, logs/, checkpoints/)")
-    return 0
-
-
-def _pretrain(args) -> int:
-    from .config import load_config
-    from .pipeline import check_out_dir, pretrain
-
-    cfg = load_config(args.config, args.overrides)
-    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.config).stem}_pretrain"
-    check_out_dir(out, args.overwrite)  # fail before loading data or training
-    results = pretrain(cfg, out, overwrite=args.overwrite)
-    if results is None:  # a DDP worker process
-        return 0
-    t = results["teacher"]
-    print(f"{cfg.source.method} teacher ({results['models']['teacher']['arch']}, {cfg.source.epochs:g} epochs): "
-          f"linear {100 * t['linear_acc']:.2f}%, kNN {100 * t['knn_acc']:.2f}% (test split)")
-    print(f"results written to {out}/ (teacher.pt, results.json, logs/, checkpoints/)")
     return 0
 
 
@@ -129,15 +132,27 @@ def _export(args) -> int:
     return 0
 
 
+def _check_new_file(path: str) -> None:
+    """``--out FILE`` of eval/export: it must not exist and its folder must be writable."""
+    p = Path(path)
+    if path == "" or p.is_dir():
+        raise OutputExistsError(f"--out '{path}' is not a file name; pass e.g. --out eval.json")
+    if p.exists() or p.is_symlink():
+        raise OutputExistsError(f"'{path}' already exists; choose another --out or delete it")
+    parent = p.parent if str(p.parent) else Path(".")
+    existing = next((q for q in [parent, *parent.parents] if q.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputExistsError(f"cannot write '{path}': '{existing}' is not a writable folder; choose another --out")
+
+
 def _eval(args) -> int:
     from .config import load_config
-    from .errors import OutputExistsError
+    from .evaluation.frozen import evaluate_checkpoint
     from .io import atomic_write_text
-    from .pipeline import evaluate_checkpoint
 
     cfg = load_config(args.config, args.overrides)
-    if args.out and Path(args.out).exists():
-        raise OutputExistsError(f"'{args.out}' already exists; choose another --out or delete it")
+    if args.out is not None:
+        _check_new_file(args.out)
     result = evaluate_checkpoint(args.checkpoint, cfg, embedding=args.embedding)
     text = json.dumps(result, indent=2)
     print(text)
@@ -146,23 +161,40 @@ def _eval(args) -> int:
     return 0
 
 
+def _os_error(e: OSError) -> str:
+    """One line for a file-system error met on the way in or out: the cause and the fix."""
+    where = f" '{e.filename}'" if e.filename else ""
+    fix = {errno.EACCES: "check its permissions", errno.EPERM: "check its permissions",
+           errno.ENOSPC: "free disk space", errno.EROFS: "choose a writable location",
+           errno.ENOTDIR: "a folder in the path is a file; fix the path",
+           errno.ENAMETOOLONG: "use a shorter path"}.get(e.errno, "check the path")
+    return f"cannot use{where}: {e.strerror or e}; {fix}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    commands = {"run": _run, "transfer": _run, "pretrain": _run, "eval": _eval, "export": _export}
     try:
-        if args.command in ("run", "transfer"):
-            return _run(args)
-        if args.command == "eval":
-            return _eval(args)
-        if args.command == "pretrain":
-            return _pretrain(args)
-        if args.command == "export":
-            return _export(args)
+        return commands[args.command](args)
     except SSLTransferError as e:
         if args.debug:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0
+    except OSError as e:
+        if args.debug:
+            raise
+        print(f"error: {_os_error(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; continue the run with --resume", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug, not bad input
+        if args.debug:
+            raise
+        print(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+              "(rerun with --debug for the traceback, and please report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -39,15 +39,18 @@ def report_markdown(results: dict) -> str:
     cfg = results["config"]
     t = results["timings_s"]
     teacher = results["teacher"]
+    models = results["models"]
+    student = ""
+    if "student" in models:
+        options = ", ".join(f"{k} {v}" for k, v in cfg["transfer"]["loss_args"].items()) or "default options"
+        student = (f"; student {models['student']['arch']} trained by {cfg['transfer']['loss']} ({options}) for "
+                   f"{cfg['transfer']['epochs']} epochs")
     lines = [
         "# ssl-transfer run report",
         "",
         f"Dataset **{cfg['data']['name']}** ({results['data']['sizes']}), seed {cfg['seed']}; "
-        f"teacher {results['models']['teacher']['arch']} ({results['models']['teacher']['stem']} stem), "
-        f"{cfg['source']['method']} for {cfg['source']['epochs']} epochs; student "
-        f"{results['models']['student']['arch']} trained by {cfg['transfer']['loss']} "
-        f"(sigma {cfg['transfer']['sigma']}, delta {cfg['transfer']['delta']}) for "
-        f"{cfg['transfer']['epochs']} epochs.",
+        f"teacher {models['teacher']['arch']} ({models['teacher']['stem']} stem), "
+        f"{cfg['source']['method']} for {cfg['source']['epochs']} epochs{student}.",
         "",
         "Test-split accuracy (%) on frozen backbone features; deltas are against the teacher. "
         "Linear probe: logistic regression, C chosen on the validation split; kNN: "
@@ -57,9 +60,10 @@ def report_markdown(results: dict) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, m in model_rows(results):
+        ref = teacher if m is not teacher else {"linear_acc": None, "knn_acc": None}
         lines.append(
-            f"| {name} | {_pct(m['linear_acc'])} | {_delta(m['linear_acc'], teacher['linear_acc'])} | "
-            f"{_pct(m['knn_acc'])} | {_delta(m['knn_acc'], teacher['knn_acc'])} | "
+            f"| {name} | {_pct(m['linear_acc'])} | {_delta(m['linear_acc'], ref['linear_acc'])} | "
+            f"{_pct(m['knn_acc'])} | {_delta(m['knn_acc'], ref['knn_acc'])} | "
             f"{_pct(m.get('val_linear_acc'))} | {_pct(m.get('val_knn_acc'))} | "
             f"{t.get(STAGE_TIME[name], 0):.0f} |"
         )
@@ -83,16 +87,21 @@ def _loss_curve(csv_path: Path):
     return steps, losses
 
 
-def write_plots(results: dict, out_dir: Path) -> list[Path]:
+def write_plots(results: dict, run_dir) -> list[Path]:
+    """plots/loss_curves.png, plots/accuracy.png (and plots/knn_monitor.png) of a run directory
+    (:class:`ssl_transfer.runs.RunDirectory`: the files are registered in its manifest)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plots = out_dir / "plots"
-    plots.mkdir(exist_ok=True)
+    def target(name: str) -> Path:
+        path = run_dir.path(f"plots/{name}")
+        path.parent.mkdir(exist_ok=True)
+        return path
+
     written = []
-    stages = [p for p in sorted((out_dir / "logs").glob("*/metrics.csv"))]
+    stages = [p for p in sorted((run_dir.work / "logs").glob("*/metrics.csv"))]
     if stages:
         fig, axes = plt.subplots(1, len(stages), figsize=(4.2 * len(stages), 3.2), squeeze=False)
         for ax, path in zip(axes[0], stages):
@@ -102,9 +111,9 @@ def write_plots(results: dict, out_dir: Path) -> list[Path]:
             ax.set_xlabel("step")
             ax.set_ylabel("training loss")
         fig.tight_layout()
-        fig.savefig(plots / "loss_curves.png", dpi=110)
+        written.append(target("loss_curves.png"))
+        fig.savefig(written[-1], dpi=110)
         plt.close(fig)
-        written.append(plots / "loss_curves.png")
     monitor = {k: v for k, v in (results.get("monitor") or {"stages": {}})["stages"].items() if v}
     if monitor:
         fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -114,11 +123,11 @@ def write_plots(results: dict, out_dir: Path) -> list[Path]:
         ax.set_ylabel("val kNN accuracy (%)")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(plots / "knn_monitor.png", dpi=110)
+        written.append(target("knn_monitor.png"))
+        fig.savefig(written[-1], dpi=110)
         plt.close(fig)
-        written.append(plots / "knn_monitor.png")
     rows = model_rows(results)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(7.5, 3.5))
     width = 0.8 / len(rows)
     for i, (name, m) in enumerate(rows):
         vals = [100 * (m["linear_acc"] or 0), 100 * m["knn_acc"]]
@@ -128,15 +137,16 @@ def write_plots(results: dict, out_dir: Path) -> list[Path]:
     lo = min(100 * min(m["knn_acc"], m["linear_acc"] or 1) for _, m in rows)
     ax.set_ylim(max(0, lo - 5), 100)
     ax.set_ylabel("test accuracy (%)")
-    ax.legend(fontsize=8, loc="lower right")
+    # the legend sits outside the axes, where it cannot cover a bar or its label
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
-    fig.savefig(plots / "accuracy.png", dpi=110)
+    written.append(target("accuracy.png"))
+    fig.savefig(written[-1], dpi=110)
     plt.close(fig)
-    written.append(plots / "accuracy.png")
     return written
 
 
-def write_report(results: dict, out_dir: str | Path) -> None:
-    out_dir = Path(out_dir)
-    atomic_write_text(out_dir / "report.md", report_markdown(results))
-    write_plots(results, out_dir)
+def write_report(results: dict, run_dir) -> None:
+    """report.md and plots/ of a run (``run_dir``: a :class:`ssl_transfer.runs.RunDirectory`)."""
+    atomic_write_text(run_dir.path("report.md"), report_markdown(results))
+    write_plots(results, run_dir)

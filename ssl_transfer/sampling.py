@@ -21,14 +21,18 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
+from . import distributed
 from .errors import ConfigError
 
 
-def _mix(*parts: int) -> int:
-    """A 63-bit seed from integers (SplitMix64 steps), stable across processes and runs."""
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (SplitMix64 steps), stable across processes and runs.
+
+    Every seeded draw of the data pipeline derives its seed this way from ``(seed, ...)``:
+    ``mix_seed(seed, epoch)`` orders an epoch, ``mix_seed(seed, epoch, i)`` augments item i.
+    """
     x = 0x9E3779B97F4A7C15
     for p in parts:
         x = (x ^ (p & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
@@ -51,7 +55,7 @@ class SeededDataset(Dataset):
 
     def __getitem__(self, key: int):
         epoch, i = divmod(int(key), self.n)
-        s = _mix(self.seed, epoch, i)
+        s = mix_seed(self.seed, epoch, i)
         in_worker = get_worker_info() is not None  # a worker's RNGs serve nothing else
         if not in_worker:
             saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
@@ -102,9 +106,9 @@ class EpochBatchSampler(Sampler[list[int]]):
 
     @staticmethod
     def _world() -> tuple[int, int]:
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-        return 0, 1
+        """(global rank, number of processes); (0, 1) outside torch.distributed."""
+        world = distributed.world_size()
+        return (distributed.global_rank() if world > 1 else 0), world
 
     def __len__(self) -> int:
         return self.n // self.batch_size
@@ -112,7 +116,7 @@ class EpochBatchSampler(Sampler[list[int]]):
     def batches(self, epoch: int) -> list[list[int]]:
         """This process's item indices for every step of ``epoch`` (before ``skip``)."""
         if self.shuffle:
-            g = torch.Generator().manual_seed(_mix(self.seed, epoch))
+            g = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
             order = torch.randperm(self.n, generator=g).tolist()
         else:
             order = list(range(self.n))

@@ -11,3 +11,60 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT
+
+
+def loaded(bundle, split: str):
+    """All ``(x, y)`` of a split through the bundle's evaluation loader (what every model sees)."""
+    xs, ys = zip(*bundle.eval_loader(split))
+    return torch.cat(xs), torch.cat(ys)
+
+
+#: A run small enough for tests that need a finished run directory (about 20 s on 2 cores).
+TINY_RUN = ["source.epochs=0.25", "transfer.epochs=0.25", "data.train_subset=128", "data.eval_train_subset=200",
+            "data.val_size=100", "data.test_subset=100", "eval.knn_k=5", "eval.linear_Cs=[0.3, 1.0, 3.0]",
+            "controls.teacher_continued=false"]
+
+
+def snapshot(root):
+    """{relative path: sha256} of every file under root (byte-identical comparison)."""
+    import hashlib
+
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, root)] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="session")
+def smoke(repo_root) -> str:
+    return str(repo_root / "configs" / "smoke.yaml")
+
+
+@pytest.fixture(scope="session")
+def finished(tmp_path_factory, smoke):
+    """A finished tiny run (do not modify it: copy it first)."""
+    from ssl_transfer.cli import main
+
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert main(["run", smoke, "--out", str(out), "--set", *TINY_RUN]) == 0
+    return out
+
+
+@pytest.fixture
+def diverging_loss(monkeypatch):
+    """The relaxed loss turns NaN from its third call on, as a diverging run's would (in-process runs)."""
+    from ssl_transfer.losses import RelaxedContrastiveLoss
+
+    original = RelaxedContrastiveLoss.forward
+    calls = {"n": 0}
+
+    def forward(self, student, teacher):
+        calls["n"] += 1
+        loss = original(self, student, teacher)
+        return loss * float("nan") if calls["n"] > 2 else loss
+
+    monkeypatch.setattr(RelaxedContrastiveLoss, "forward", forward)
+    return calls

@@ -41,13 +41,15 @@ def test_unparsable_yaml(capsys, tmp_path):
 
 
 def test_unknown_key_suggests(capsys, smoke, tmp_path):
-    code, _, err = run_cli(capsys, "run", smoke, "--set", "transfer.sigmaa=3", "--out", str(tmp_path / "o"))
-    assert_one_line_error(code, err, "did you mean 'transfer.sigma'")
+    code, _, err = run_cli(capsys, "run", smoke, "--set", "transfer.loss_argz.sigma=3", "--out", str(tmp_path / "o"))
+    assert_one_line_error(code, err, "did you mean 'transfer.loss_args'")
+    code, _, err = run_cli(capsys, "run", smoke, "--set", "transfer.sigma=3", "--out", str(tmp_path / "o"))
+    assert_one_line_error(code, err, "'transfer.sigma' is now 'transfer.loss_args.sigma'")
 
 
 @pytest.mark.parametrize("override,needle", [
-    ("transfer.sigma=0", "transfer.sigma = 0.0 must be > 0"),
-    ("transfer.sigma=abc", "wrong type"),
+    ("transfer.loss_args.sigma=0", "sigma must be > 0"),
+    ("transfer.loss_args.sigma=abc", "wrong type"),
     ("data.views=1", "data.views >= 2"),
 ])
 def test_bad_values(capsys, smoke, tmp_path, override, needle):
@@ -59,9 +61,18 @@ def test_bad_values(capsys, smoke, tmp_path, override, needle):
 def test_missing_dataset(capsys, smoke, tmp_path, monkeypatch):
     monkeypatch.setattr("ssl_transfer.data.sources.DEBIAN_FASHION_MNIST", tmp_path / "none")
     monkeypatch.delenv("SSL_TRANSFER_DATA", raising=False)
-    code, _, err = run_cli(capsys, "run", smoke, "--set", f"data.root={tmp_path / 'nothing'}",
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli(capsys, "run", smoke, "--set", f"data.root={tmp_path / 'empty'}",
                            "--out", str(tmp_path / "o"))
     assert_one_line_error(code, err, "apt-get install dataset-fashion-mnist")
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_explicit_data_root_must_exist(capsys, smoke, tmp_path):
+    """No silent fall-back to the system copy when the folder the user named is missing."""
+    code, _, err = run_cli(capsys, "run", smoke, "--set", f"data.root={tmp_path / 'nothing'}",
+                           "--out", str(tmp_path / "o"))
+    assert_one_line_error(code, err, "data.root = '" + str(tmp_path / "nothing") + "' does not exist")
     assert not (tmp_path / "o").exists()
 
 
@@ -81,7 +92,7 @@ def test_overwrite_refuses_a_directory_holding_files_no_run_writes(capsys, smoke
     (out / "results.json").write_text("old run")
     (out / "thesis.tex").write_text("precious")
     code, _, err = run_cli(capsys, "run", smoke, "--out", str(out), "--overwrite")
-    assert_one_line_error(code, err, "files that no ssl-transfer run writes (thesis.tex)")
+    assert_one_line_error(code, err, "files that no ssl-transfer run wrote (thesis.tex)")
     assert sorted(p.name for p in out.iterdir()) == ["logs", "results.json", "thesis.tex"]
     assert (out / "thesis.tex").read_text() == "precious"
 
@@ -114,3 +125,28 @@ def test_subprocess_exit_status_and_debug_traceback(tmp_path):
     assert p.stderr.strip().count("\n") == 0 and "does not exist" in p.stderr
     p = subprocess.run([*cmd, "--debug"], capture_output=True, text=True)
     assert p.returncode != 0 and "Traceback" in p.stderr and "ConfigError" in p.stderr
+
+
+def test_set_before_the_config_file_is_accepted(capsys, smoke, tmp_path):
+    """argparse takes a config written after --set for one more override: it is recognised."""
+    code, _, err = run_cli(capsys, "run", "--set", "transfer.loss_args.sigma=0", smoke, "--out", str(tmp_path / "o"))
+    assert_one_line_error(code, err, "sigma must be > 0")  # the config was read, the override applied
+    code, _, err = run_cli(capsys, "run", "--set", "transfer.loss_args.sigma=2", "--out", str(tmp_path / "o"))
+    assert_one_line_error(code, err, "no config file given")
+
+
+def test_eval_out_that_cannot_be_written_is_refused_before_evaluating(capsys, smoke, tmp_path):
+    (tmp_path / "file").write_text("x")
+    code, _, err = run_cli(capsys, "eval", str(tmp_path / "none.pt"), "--config", smoke,
+                           "--out", str(tmp_path / "file" / "eval.json"))
+    assert_one_line_error(code, err, "is not a writable folder")
+
+
+def test_an_internal_error_is_short_and_points_to_debug(capsys, smoke, tmp_path, monkeypatch):
+    def broken(*a, **kw):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr("ssl_transfer.pipeline.prepare", broken)
+    code, _, err = run_cli(capsys, "run", smoke, "--out", str(tmp_path / "o"))
+    assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "internal error: ZeroDivisionError: a bug" in err and "--debug" in err

@@ -4,6 +4,7 @@ import struct
 import numpy as np
 import pytest
 import torch
+from conftest import loaded
 
 from ssl_transfer.config import DataConfig
 from ssl_transfer.data import DataBundle, read_idx, split_train_val
@@ -86,11 +87,16 @@ def test_lookup_order_root_then_env_then_debian(tmp_path, monkeypatch):
     monkeypatch.setenv("SSL_TRANSFER_DATA", str(env))
     assert len(load_fashion_mnist(str(root)).train_images) == 20
     assert len(load_fashion_mnist(None).train_images) == 30
+    # where it was found is said (log line, results.json's data.found_via)
+    def via(root):
+        return DataBundle.from_config(DataConfig(root=root, val_size=5, batch_size=4), seed=0).found_via
+    assert via(str(root)) == "data.root" and via(None) == "$SSL_TRANSFER_DATA"
 
 
 def test_missing_dataset_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setattr("ssl_transfer.data.sources.DEBIAN_FASHION_MNIST", tmp_path / "none")
     monkeypatch.delenv("SSL_TRANSFER_DATA", raising=False)
+    (tmp_path / "empty").mkdir()
     with pytest.raises(DataError) as e:
         load_fashion_mnist(str(tmp_path / "empty"))
     msg = str(e.value)
@@ -120,7 +126,7 @@ def test_split_is_disjoint_deterministic_and_complete():
         split_train_val(10, 10, seed=0)
 
 
-def test_bundle_views_and_clean_tensors(tmp_path):
+def test_bundle_views_and_clean_images(tmp_path):
     make_fashion_mnist(tmp_path, n_train=40, n_test=12)
     cfg = DataConfig(root=str(tmp_path), val_size=8, batch_size=4, num_workers=0, views=3, test_subset=10)
     bundle = DataBundle.from_config(cfg, seed=0)
@@ -130,9 +136,9 @@ def test_bundle_views_and_clean_tensors(tmp_path):
     assert len(views) == 3 and views[0].shape == (4, 1, 28, 28) and labels.shape == (4,)
     assert not torch.equal(views[0], views[1])  # independent augmentations
     # the clean image is the normalised, un-augmented training image at that index
-    train_x, _ = bundle.clean_tensor("train")
+    train_x, _ = loaded(bundle, "train")
     torch.testing.assert_close(batch["clean"], train_x[index])
-    x, y = bundle.clean_tensor("val")
+    x, y = loaded(bundle, "val")
     raw_val = bundle.raw.train_images[bundle.val_idx]
     expected = (raw_val / 255.0 - bundle.raw.mean[0]) / bundle.raw.std[0]
     np.testing.assert_allclose(x[:, 0].numpy(), expected, rtol=1e-5, atol=1e-5)

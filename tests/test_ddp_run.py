@@ -128,7 +128,7 @@ def test_mocov2_with_global_batchnorm_under_ddp_warns(repo_root, caplog):
     import logging
 
     from ssl_transfer.config import load_config
-    from ssl_transfer.pipeline import check_processes
+    from ssl_transfer.runtime import check_processes
 
     smoke = repo_root / "configs" / "smoke.yaml"
     ddp = ["trainer.devices=2", "trainer.strategy=ddp", "source.method=mocov2"]

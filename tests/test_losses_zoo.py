@@ -210,6 +210,19 @@ def test_relaxed_ms_matches_reference(n, d_s, d_t, views, sigma, delta, a, b):
     np.testing.assert_allclose(grad, numeric_grad(ref, s), rtol=1e-5, atol=1e-8)
 
 
+def test_relaxed_ms_zero_teacher_rows_are_the_origin():
+    """Same relaxed labels as RelaxedContrastiveLoss: a zero teacher row is at the origin
+    (distance 1 to unit rows, 0 to another zero row), as the reference's unit() places it."""
+    rng = np.random.default_rng(12)
+    s, t = rng.normal(size=(8, 3)), clustered(rng, 8, 4)
+    t[2] = 0.0
+    t[5] = 0.0
+    value, grad = run(RelaxedMSLoss(sigma=2.0), s, t)
+    ref = lambda x: ref_relaxed_ms(x, t, 2.0, 1.0, 1.0, 2.0, 1)  # noqa: E731
+    assert value == pytest.approx(ref(s), rel=1e-10)
+    np.testing.assert_allclose(grad, numeric_grad(ref, s), rtol=1e-5, atol=1e-8)
+
+
 def test_relaxed_ms_views_make_same_image_pairs_positive():
     rng = np.random.default_rng(0)
     s, t = rng.normal(size=(8, 3)), rng.normal(size=(8, 16))  # unrelated views: w << 1 without views
@@ -398,11 +411,22 @@ FACTORIES = {
 }
 
 
-def test_registry_lists_every_embedding_loss_but_not_kd():
-    assert set(LOSSES) == {"relaxed_contrastive", "relaxed_ms", "rkd", "pkt", "darkrank", "regression"}
-    assert KDLoss not in LOSSES.values()
-    for name, cls in LOSSES.items():
-        assert isinstance(FACTORIES[name](), cls)
+def test_every_config_choice_builds_its_loss_from_the_registry():
+    """transfer.loss offers exactly the registered losses, and the registry builds each from the
+    defaults the config resolves (a loss added to one but not the other fails here)."""
+    import typing
+
+    from ssl_transfer.config import TransferConfig, config_from_dict
+    from ssl_transfer.losses import build_loss
+
+    choices = set(typing.get_args(typing.get_type_hints(TransferConfig)["loss"]))
+    assert choices == set(LOSSES) and KDLoss not in LOSSES.values()
+    g = torch.Generator().manual_seed(5)
+    s, t = torch.randn(8, D_S, generator=g), torch.randn(8, D_T, generator=g)
+    for name in sorted(choices):
+        args = config_from_dict({"transfer": {"loss": name}}).transfer.loss_args
+        loss = build_loss(name, args, student_dim=D_S, teacher_dim=D_T, views=2)
+        assert isinstance(loss, LOSSES[name]) and torch.isfinite(loss(s, t))
 
 
 @pytest.mark.parametrize("name", sorted(FACTORIES))

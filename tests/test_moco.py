@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from test_datasets_formats import WNIDS, make_cifar, make_stl10, make_tree
 from torch.utils.data import DataLoader, Dataset
 
-from ssl_transfer.config import DataConfig, SourceConfig, load_config
+from ssl_transfer.config import DataConfig, OptimizerConfig, SourceConfig, load_config
 from ssl_transfer.data import DataBundle
 from ssl_transfer.errors import CheckpointError, ConfigError
 from ssl_transfer.io import load_model, save_model
@@ -20,14 +20,18 @@ from ssl_transfer.stages.pretrain import MoCoV2Module, SimCLRModule, build_ssl_m
 torch.set_num_threads(1)
 
 
-def moco_cfg(**kw):
+def moco_cfg(lr=0.06, **kw):
     return SourceConfig(**{"method": "mocov2", "moco_queue_size": 16, "proj_hidden_dim": 32, "proj_out_dim": 8,
-                           "warmup_fraction": 0.0, **kw})
+                           "optimizer": OptimizerConfig(lr=lr, warmup_fraction=0.0), **kw})
+
+
+def data(batch_size=4):
+    return DataConfig(batch_size=batch_size)
 
 
 def make_moco(in_channels=1, batch_size=4, **kw):
     torch.manual_seed(0)
-    module = MoCoV2Module(moco_cfg(**kw), in_channels, batch_size)
+    module = MoCoV2Module(moco_cfg(**kw), data(batch_size), in_channels)
     module.log_loss = lambda *a: None
     return module
 
@@ -190,7 +194,7 @@ def test_lightning_checkpoint_restores_key_encoder_and_queue(tmp_path):
     ckpt = tmp_path / "moco.ckpt"
     t.save_checkpoint(ckpt)
     assert int(module.queue_ptr) == 12
-    fresh = MoCoV2Module(moco_cfg(), 1, 4)  # different random weights and queue
+    fresh = MoCoV2Module(moco_cfg(), data(), 1)  # different random weights and queue
     assert not torch.equal(fresh.queue, module.queue)
     # Lightning's resume path: restores state_dict, then calls on_load_checkpoint; max_steps is
     # already reached, so nothing trains afterwards
@@ -203,14 +207,17 @@ def test_lightning_checkpoint_restores_key_encoder_and_queue(tmp_path):
 
 def test_teacher_file_round_trip_and_method_check(tmp_path):
     from ssl_transfer.config import RunConfig
-    from ssl_transfer.pipeline import load_teacher
+    from ssl_transfer.stages.source import SourceStage
+
+    def load_teacher(cfg, path, bundle):
+        return SourceStage(cfg).from_file(path, bundle).model
 
     module = make_moco()
     trainer(2).fit(module, DataLoader(Views(), batch_size=4, shuffle=True))
     save_model(tmp_path / "teacher.pt", module.backbone, module.spec, extra=module.teacher_state())
     _, payload = load_model(tmp_path / "teacher.pt")
     assert payload["method"] == "mocov2"
-    fresh = MoCoV2Module(moco_cfg(), 1, 4)
+    fresh = MoCoV2Module(moco_cfg(), data(), 1)
     fresh.backbone.load_state_dict(module.backbone.state_dict())
     fresh.load_teacher_state(payload)
     assert torch.equal(fresh.queue, module.queue) and torch.equal(fresh.queue_ptr, module.queue_ptr)
@@ -245,9 +252,9 @@ def test_config_dispatch_and_validation(repo_root):
     smoke = repo_root / "configs" / "smoke.yaml"
     cfg = load_config(smoke, ["source.method=mocov2"])
     assert cfg.source.temperature == 0.5 and cfg.source.moco_temperature == 0.2  # SimCLR default kept
-    assert isinstance(build_ssl_module(cfg.source, 1, 64), MoCoV2Module)
-    assert isinstance(build_ssl_module(load_config(smoke).source, 1, 64), SimCLRModule)
-    for override, needle in [("source.moco_momentum=1.5", "must lie in [0, 1]"),
+    assert isinstance(build_ssl_module(cfg.source, cfg.data, 1), MoCoV2Module)
+    assert isinstance(build_ssl_module(load_config(smoke).source, cfg.data, 1), SimCLRModule)
+    for override, needle in [("source.moco_momentum=1.5", "must be >= 0 and <= 1"),
                              ("source.moco_queue_size=0", "must be >= 1"),
                              ("source.moco_queue_size=32", "smaller than data.batch_size = 64"),
                              ("source.moco_temperature=0", "must be > 0"),
@@ -268,7 +275,7 @@ def test_online_classifier_trains_in_lightning_and_leaves_the_backbone_alone(cls
 
     cfg = moco_cfg(method=cls.method, online_classifier=True)
     torch.manual_seed(0)
-    with_probe = cls(cfg, 1, 4, num_classes=4)
+    with_probe = cls(cfg, data(), 1, num_classes=4)
     head_before = with_probe.online_classifier.classification_head.weight.clone()
     t = L.Trainer(max_steps=3, accelerator="cpu", enable_checkpointing=False, enable_progress_bar=False,
                   enable_model_summary=False, log_every_n_steps=1,
@@ -279,8 +286,8 @@ def test_online_classifier_trains_in_lightning_and_leaves_the_backbone_alone(cls
     assert "train_online_cls_top1_step" in header and "train_online_cls_loss_step" in header
     # the classifier sees detached features: backbone gradients equal those without it
     torch.manual_seed(1)
-    a = cls(cfg, 1, 4, num_classes=4)
-    b = cls(moco_cfg(method=cls.method), 1, 4)
+    a = cls(cfg, data(), 1, num_classes=4)
+    b = cls(moco_cfg(method=cls.method), data(), 1)
     b.load_state_dict({k: v for k, v in a.state_dict().items() if not k.startswith("online_classifier")})
     if cls is MoCoV2Module:
         b._set_queue(a.queue, a.queue_ptr)
@@ -296,7 +303,7 @@ def test_online_classifier_trains_in_lightning_and_leaves_the_backbone_alone(cls
 
 
 def test_online_classifier_skips_unlabeled_images():
-    module = MoCoV2Module(moco_cfg(online_classifier=True), 1, 4, num_classes=4)
+    module = MoCoV2Module(moco_cfg(online_classifier=True), data(), 1, num_classes=4)
     module.log_dict = lambda *a, **kw: None
     feats = torch.randn(4, module.spec.feat_dim)
     assert module.online_step(feats, torch.full((4,), -1), 0).item() == 0.0

@@ -48,28 +48,39 @@ def test_not_a_model_file(tmp_path):
 
 
 def test_teacher_of_another_architecture_is_refused(saved):
-    from ssl_transfer.pipeline import load_teacher
+    from ssl_transfer.stages.source import SourceStage
 
     cfg = config_from_dict({"data": {"name": "digits", "val_size": 100}, "source": {"backbone": "resnet34"}})
     bundle = DataBundle.from_config(cfg.data, 0)
     with pytest.raises(CheckpointError, match="set source.backbone/stem to match"):
-        load_teacher(cfg, saved / "r18.pt", bundle)
+        SourceStage(cfg).from_file(saved / "r18.pt", bundle)
+
+
+def test_teacher_of_another_channel_count_names_the_input_channels(tmp_path):
+    from ssl_transfer.stages.source import SourceStage
+
+    net, spec = build_backbone("resnet18", "imagenet", 3)
+    save_model(tmp_path / "rgb.pt", net, spec)
+    cfg = config_from_dict({"data": {"name": "digits", "val_size": 100}})
+    with pytest.raises(CheckpointError, match="takes 3 input channels but digits has 1"):
+        SourceStage(cfg).from_file(tmp_path / "rgb.pt", DataBundle.from_config(cfg.data, 0))
 
 
 def test_student_with_another_embedding_dim_is_refused(saved):
-    from ssl_transfer.pipeline import _load_student, load_teacher
+    from ssl_transfer.stages.source import SourceStage
+    from ssl_transfer.stages.transfer import TransferStage
 
     cfg = config_from_dict({"data": {"name": "digits", "val_size": 100}, "transfer": {"embed_dim": 128}})
     bundle = DataBundle.from_config(cfg.data, 0)
-    teacher = load_teacher(cfg, saved / "r18.pt", bundle)
+    teacher = SourceStage(cfg).from_file(saved / "r18.pt", bundle)
     with pytest.raises(CheckpointError, match="64-d embedding but the config asks for a resnet18 with a 128-d"):
-        _load_student(cfg, teacher, bundle, saved / "r18.pt")
+        TransferStage(cfg).from_file(saved / "r18.pt", teacher, bundle)
 
 
 @pytest.mark.parametrize("data,needle", [
     ({"transfer": {"teacher_cache": True}}, "needs transfer.teacher_views: clean"),
     ({"transfer": {"memory_size": 64, "loss": "relaxed_ms"}}, "does not apply"),
-    ({"transfer": {"rkd_dist_weight": 0, "rkd_angle_weight": 0}}, "both 0"),
+    ({"transfer": {"loss": "rkd", "loss_args": {"dist_weight": 0, "angle_weight": 0}}}, "both 0"),
 ])
 def test_contradictory_options(data, needle):
     with pytest.raises(ConfigError, match=needle):
@@ -91,12 +102,12 @@ def _views_batch(nan_where):
                                           ("student", "non-finite student embedding"),
                                           ("loss", "non-finite relaxed_contrastive loss")])
 def test_non_finite_values_are_named(where, needle, monkeypatch):
-    from ssl_transfer.config import TransferConfig
     from ssl_transfer.stages.transfer import FrozenTeacher, TransferModule, build_student
 
     backbone, spec = build_backbone("resnet18", "imagenet", 1)
-    cfg = TransferConfig()
-    module = TransferModule(cfg, build_student(cfg, backbone, spec, 1), FrozenTeacher(backbone), batch_size=6)
+    cfg = config_from_dict({"data": {"batch_size": 6}})
+    module = TransferModule(cfg.transfer, cfg.data, build_student(cfg.transfer, backbone, spec, 1),
+                            FrozenTeacher(backbone, spec.feat_dim))
     module.log_loss = lambda *a: None
     if where == "teacher":
         monkeypatch.setattr(module.teacher, "forward", lambda x: torch.full((x.shape[0], 512), float("inf")))
@@ -108,10 +119,10 @@ def test_non_finite_values_are_named(where, needle, monkeypatch):
         module.training_step(_views_batch(None), 0)
 
 
-def test_nan_guard_stops_run_keeps_checkpoints_and_writes_results(repo_root, tmp_path, capsys):
+def test_nan_guard_stops_run_keeps_checkpoints_and_writes_results(repo_root, tmp_path, capsys, diverging_loss):
     out = tmp_path / "run"
     code = main(["run", str(repo_root / "configs" / "smoke.yaml"), "--out", str(out), "--set",
-                 "source.epochs=0.25", "transfer.optimizer=sgd", "transfer.lr=1.0e+30"])
+                 "source.epochs=0.25", "controls.teacher_continued=false"])
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "non-finite" in err[0] and "stage 'transfer'" in err[0]
@@ -154,7 +165,39 @@ def test_reported_nan_configuration_now_trains_finite(repo_root, tmp_path):
     distances overflow (inf - inf = NaN). The loss now works at unit scale; the run is finite."""
     out = tmp_path / "run"
     code = main(["run", str(repo_root / "configs" / "smoke.yaml"), "--out", str(out), "--set",
-                 "transfer.optimizer=sgd", "transfer.lr=0.02", "transfer.epochs=3", "controls.teacher_continued=false"])
+                 "transfer.optimizer.name=sgd", "transfer.optimizer.lr=0.02", "transfer.epochs=3", "controls.teacher_continued=false"])
     assert code == 0
     r = json.loads((out / "results.json").read_text())
     assert r["status"] == "completed" and 0.3 < r["student"]["linear_acc"] <= 1.0
+
+
+@pytest.mark.parametrize("spec,needle", [({"arch": "resnet18"}, "malformed spec"), ("resnet18", "malformed spec"),
+                                         ({"arch": "vgg", "stem": "imagenet", "in_channels": 1, "feat_dim": 1},
+                                          "malformed spec")])
+def test_a_malformed_spec_is_one_line(saved, tmp_path, spec, needle):
+    payload = torch.load(saved / "r18.pt", weights_only=True)
+    payload["spec"] = spec
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=needle) as e:
+        load_model(tmp_path / "bad.pt")
+    assert "\n" not in str(e.value)
+
+
+def test_a_state_dict_with_missing_keys_names_them(saved, tmp_path):
+    payload = torch.load(saved / "r18.pt", weights_only=True)
+    del payload["backbone"]["layer4.1.bn2.weight"]
+    torch.save(payload, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=r"1 missing \(layer4\.1\.bn2\.weight\)"):
+        load_model(tmp_path / "bad.pt")
+
+
+def test_a_corrupt_compressed_dataset_file_is_one_line(tmp_path):
+    import gzip
+
+    from ssl_transfer.data.idx import read_idx
+    from ssl_transfer.errors import DataError
+
+    good = gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 200]) + bytes(200))
+    (tmp_path / "x.gz").write_bytes(good[:12] + bytes(b ^ 0xFF for b in good[12:30]) + good[30:])
+    with pytest.raises(DataError, match="cannot read IDX file"):
+        read_idx(tmp_path / "x.gz")

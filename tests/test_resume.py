@@ -54,11 +54,16 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_results(repo_root, tmp_pa
     assert state["status"] == "running" and "source" in state["finished"]
     assert "transfer" not in state["finished"]
 
+    before_kill = state["elapsed_s"]  # wall time up to the last finished stage (the source)
+    ckpt_elapsed = torch.load(ckpt, map_location="cpu", weights_only=False)["elapsed_s"]
     code = main(["run", str(repo_root / "configs" / "smoke.yaml"), "--out", str(out), "--resume",
                  "--set", *SETTINGS])
     assert code == 0
     resumed = json.loads((out / "results.json").read_text())
     assert resumed["resumed"] is True
+    # timings_s counts the time before the interruption: the whole run, and the interrupted stage
+    assert resumed["timings_s"]["total"] > before_kill + resumed["timings_s"]["eval"]
+    assert resumed["timings_s"]["transfer"] > ckpt_elapsed > 0
     for model in ("teacher", "student"):
         for key in METRICS:
             assert resumed[model][key] == pytest.approx(reference[model][key], abs=1e-6), (model, key)
@@ -112,8 +117,8 @@ def test_resume_refuses_a_changed_config(repo_root, tmp_path, reference, capsys)
     assert main(["run", str(repo_root / "configs" / "smoke.yaml"), "--out", str(out), "--set", *SETTINGS,
                  "source.epochs=0.25"]) == 0
     code = main(["run", str(repo_root / "configs" / "smoke.yaml"), "--out", str(out), "--resume",
-                 "--set", *SETTINGS, "source.epochs=0.25", "transfer.sigma=2"])
-    assert code == 2 and "differs from the interrupted run's at 'transfer.sigma'" in capsys.readouterr().err
+                 "--set", *SETTINGS, "source.epochs=0.25", "transfer.loss_args.sigma=2"])
+    assert code == 2 and "differs from the interrupted run's at 'transfer.loss_args.sigma'" in capsys.readouterr().err
 
 
 def test_resume_needs_a_run(repo_root, tmp_path, capsys):

@@ -127,14 +127,18 @@ def test_dimension_reduction_student_embedding_is_evaluated(monitored_run, repo_
     assert main(["eval", str(monitored_run / "teacher.pt"), "--config", str(repo_root / "configs" / "smoke.yaml"),
                  "--embedding"]) == 2
     assert "holds no student embedding head" in capsys.readouterr().err
-    assert main(["eval", str(monitored_run / "student.pt"), "--config", str(repo_root / "configs" / "smoke.yaml"),
+    # student.pt records its head's kind; a file without the record takes transfer.student_head
+    payload = torch.load(monitored_run / "student.pt", weights_only=True)
+    assert payload.pop("head_kind") == "linear"
+    torch.save(payload, tmp_path / "old_student.pt")
+    assert main(["eval", str(tmp_path / "old_student.pt"), "--config", str(repo_root / "configs" / "smoke.yaml"),
                  "--embedding", "--set", "transfer.student_head=mlp"]) == 2
     assert "is not a mlp head to 16 dims" in capsys.readouterr().err
 
 
 def test_which_students_get_their_embedding_evaluated(repo_root):
+    from ssl_transfer.evaluation.frozen import evaluates_embedding
     from ssl_transfer.models import build_backbone
-    from ssl_transfer.pipeline import evaluates_embedding
     from ssl_transfer.stages.transfer import build_student
 
     teacher, spec = build_backbone("small_cnn", "small", 1)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ssl_transfer.config import SourceConfig, TransferConfig
+from ssl_transfer.config import config_from_dict
 from ssl_transfer.errors import NonFiniteError
 from ssl_transfer.models import build_backbone
 from ssl_transfer.stages.pretrain import SimCLRModule
@@ -37,12 +37,18 @@ def fit(module, dataset, steps=3):
     return trainer
 
 
+def config(batch_size=8, **transfer):
+    """A validated config (loss_args resolved) with these transfer options, no warm-up."""
+    transfer.setdefault("optimizer", {"warmup_fraction": 0.0})
+    return config_from_dict({"transfer": transfer, "data": {"batch_size": batch_size}})
+
+
 def make_transfer(teacher_views="augmented", **kw):
     backbone, spec = build_backbone("resnet18", "imagenet", 1)
-    cfg = TransferConfig(teacher_views=teacher_views, warmup_fraction=0.0, **kw)
-    teacher = FrozenTeacher(backbone)
-    student = build_student(cfg, backbone, spec, 1)
-    return TransferModule(cfg, student, teacher, batch_size=8), teacher
+    cfg = config(teacher_views=teacher_views, **kw)
+    teacher = FrozenTeacher(backbone, spec.feat_dim)
+    student = build_student(cfg.transfer, backbone, spec, 1)
+    return TransferModule(cfg.transfer, cfg.data, student, teacher), teacher
 
 
 @pytest.mark.parametrize("teacher_views", ["augmented", "clean"])
@@ -70,18 +76,19 @@ def test_clean_teacher_views_share_one_embedding():
 
 def test_student_init_from_teacher_copies_backbone_only():
     backbone, spec = build_backbone("resnet18", "imagenet", 1)
-    student = build_student(TransferConfig(student_init="teacher", student_head="linear", embed_dim=64),
+    student = build_student(config(student_init="teacher", student_head="linear", embed_dim=64).transfer,
                             backbone, spec, 1)
     for (k, v), (k2, v2) in zip(backbone.state_dict().items(), student.backbone.state_dict().items()):
         assert k == k2 and torch.equal(v, v2)
     assert student.embed(torch.randn(2, 1, 16, 16)).shape == (2, 64)
-    scratch = build_student(TransferConfig(student_head="none"), backbone, spec, 1)
+    scratch = build_student(config(student_head="none").transfer, backbone, spec, 1)
     assert not torch.equal(scratch.backbone.conv1.weight, backbone.conv1.weight)
     assert scratch.embed_dim == 512
 
 
 def test_simclr_loss_decreases_on_fixed_batch():
-    module = SimCLRModule(SourceConfig(lr=0.1, warmup_fraction=0.0), in_channels=1, batch_size=8)
+    cfg = config_from_dict({"source": {"optimizer": {"lr": 0.1, "warmup_fraction": 0.0}}, "data": {"batch_size": 8}})
+    module = SimCLRModule(cfg.source, cfg.data, in_channels=1)
     batch = next(iter(DataLoader(RandomViews(n=8), batch_size=8)))
     opt = torch.optim.SGD(module.parameters(), lr=0.05, momentum=0.9)
     module.log_loss = lambda *a: None
@@ -118,9 +125,10 @@ def test_same_seed_same_weights():
 @pytest.mark.parametrize("loss", ["relaxed_contrastive", "relaxed_ms", "rkd", "pkt", "darkrank", "regression"])
 def test_every_registered_loss_trains_the_student(loss):
     backbone, spec = build_backbone("resnet18", "imagenet", 1)
-    cfg = TransferConfig(loss=loss, student_head="linear", embed_dim=32, warmup_fraction=0.0, block_size=5)
-    student = build_student(cfg, backbone, spec, 1)
-    module = TransferModule(cfg, student, FrozenTeacher(backbone), batch_size=8, teacher_dim=512, views=2)
+    cfg = config(loss=loss, student_head="linear", embed_dim=32,
+                 loss_args={"block_size": 5} if loss == "relaxed_contrastive" else {})
+    student = build_student(cfg.transfer, backbone, spec, 1)
+    module = TransferModule(cfg.transfer, cfg.data, student, FrozenTeacher(backbone, spec.feat_dim))
     head_before = student.head.weight.clone()
     extra = [p.clone() for p in module.criterion.parameters()]
     fit(module, RandomViews(), steps=2)
@@ -131,9 +139,10 @@ def test_every_registered_loss_trains_the_student(loss):
 
 def test_cross_batch_memory_is_fifo_and_widens_the_pairs():
     backbone, spec = build_backbone("resnet18", "imagenet", 1)
-    cfg = TransferConfig(memory_size=5, student_head="linear", embed_dim=3)
-    module = TransferModule(cfg, build_student(cfg, backbone, spec, 1), FrozenTeacher(backbone),
-                            batch_size=2, teacher_dim=4)
+    cfg = config(batch_size=2, memory_size=5, student_head="linear", embed_dim=3)
+    teacher = FrozenTeacher(backbone, spec.feat_dim)
+    teacher.out_dim = 4  # the memory holds (5, 4) teacher rows
+    module = TransferModule(cfg.transfer, cfg.data, build_student(cfg.transfer, backbone, spec, 1), teacher)
     s1, t1 = torch.arange(12.0).view(4, 3), torch.arange(16.0).view(4, 4)
     s_all, t_all = module.with_memory(s1, t1)
     assert s_all.shape == (4, 3) and t_all.shape == (4, 4)  # empty memory adds nothing
@@ -152,7 +161,8 @@ def test_cross_batch_memory_is_fifo_and_widens_the_pairs():
 
 def test_memory_trains_end_to_end():
     backbone, spec = build_backbone("resnet18", "imagenet", 1)
-    cfg = TransferConfig(memory_size=24, warmup_fraction=0.0)
-    module = TransferModule(cfg, build_student(cfg, backbone, spec, 1), FrozenTeacher(backbone), batch_size=8)
+    cfg = config(memory_size=24)
+    module = TransferModule(cfg.transfer, cfg.data, build_student(cfg.transfer, backbone, spec, 1),
+                            FrozenTeacher(backbone, spec.feat_dim))
     fit(module, RandomViews(), steps=3)
     assert int(module.memory_count) == 3 * 16

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ssl_transfer.config import TransferConfig, load_config
+from ssl_transfer.config import config_from_dict, load_config
 from ssl_transfer.errors import ConfigError
 from ssl_transfer.io import load_model, save_model
 from ssl_transfer.models import build_backbone
@@ -17,11 +17,6 @@ from ssl_transfer.stages.transfer import FrozenTeacher, TransferModule, build_st
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ["cifar10_transfer_dim64.yaml", "cifar10_compression.yaml", "quickstart_compression.yaml"]
 TRANSFER_CONFIGS = sorted({p.name for p in (ROOT / "configs").glob("*transfer*.yaml")} | set(VARIANTS))
-
-
-def test_the_transfer_configs_exist():
-    names = set(TRANSFER_CONFIGS)
-    assert {"cifar10_simclr_transfer.yaml", "stl10_simclr_transfer.yaml", "imagenet_simclr_transfer.yaml"} <= names
 
 
 @pytest.mark.parametrize("name", TRANSFER_CONFIGS)
@@ -39,16 +34,6 @@ def test_transfer_config_loads_and_builds_its_student(name):
             assert torch.equal(v, w), k
     else:
         assert tc.student_init == "scratch"
-
-
-def test_settings_of_the_variant_configs():
-    dim = load_config(ROOT / "configs" / "cifar10_transfer_dim64.yaml").transfer
-    assert (dim.student_backbone, dim.student_head, dim.embed_dim) == (None, "linear", 64)
-    comp = load_config(ROOT / "configs" / "cifar10_compression.yaml")
-    assert (comp.source.backbone, comp.transfer.student_backbone, comp.transfer.student_init) == (
-        "resnet50", "resnet18", "scratch")
-    small = load_config(ROOT / "configs" / "quickstart_compression.yaml").transfer
-    assert (small.student_backbone, small.student_init) == ("small_cnn", "scratch")
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "small_cnn"])
@@ -95,9 +80,11 @@ class Views(Dataset):
 ])
 def test_student_of_another_size_trains_against_the_teacher(setting, kw):
     backbone, spec = build_backbone("resnet18", "imagenet", 1)
-    cfg = TransferConfig(teacher_views="clean", warmup_fraction=0.0, **{"memory_size": 24, **kw})
+    full = config_from_dict({"data": {"batch_size": 8}, "transfer": {
+        "teacher_views": "clean", "optimizer": {"warmup_fraction": 0.0}, **{"memory_size": 24, **kw}}})
+    cfg = full.transfer
     student = build_student(cfg, backbone, spec, 1)
-    module = TransferModule(cfg, student, FrozenTeacher(backbone), batch_size=8, teacher_dim=spec.feat_dim)
+    module = TransferModule(cfg, full.data, student, FrozenTeacher(backbone, spec.feat_dim))
     before = {k: v.clone() for k, v in student.state_dict().items()}
     L.seed_everything(0, verbose=False)
     trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
@@ -118,8 +105,6 @@ def test_transfer_config_describes_the_teacher_of_its_source_config(name, source
     """The source section must match teacher.pt (load_teacher checks the backbone) and is the
     recipe of the "teacher continued" control: it equals the source stage's config."""
     src = ROOT / "configs" / source
-    if not src.is_file():
-        pytest.skip(f"{source} not present")
     cfg, ref = load_config(ROOT / "configs" / name), load_config(src)
     expected = vars(ref.source) | ({"backbone": "resnet50"} if "compression" in name else {})
     assert vars(cfg.source) == expected

@@ -44,16 +44,11 @@ class Rule:
     hint: str = ""  # appended to the error: how to fix it
 
     def describe(self) -> str:
-        parts = []
-        if self.gt is not None:
-            parts.append(f"> {self.gt:g}")
-        if self.ge is not None:
-            parts.append(f">= {self.ge:g}")
-        if self.lt is not None:
-            parts.append(f"< {self.lt:g}")
-        if self.le is not None:
-            parts.append(f"<= {self.le:g}")
-        return " and ".join(parts)
+        def num(x: float) -> str:
+            return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+        bounds = ((">", self.gt), (">=", self.ge), ("<", self.lt), ("<=", self.le))
+        return " and ".join(f"{op} {num(b)}" for op, b in bounds if b is not None)
 
     def violated(self, x: float) -> bool:
         return ((self.gt is not None and not x > self.gt) or (self.ge is not None and not x >= self.ge)
@@ -86,9 +81,7 @@ def check_value(key: str, value: Any, rule: Rule) -> None:
         for i, v in enumerate(value):
             check_value(f"{key}[{i}]", v, rule)
         return
-    if isinstance(value, dict):
-        for k, v in value.items():
-            check_value(f"{key}.{k}", v, rule)
+    if isinstance(value, dict):  # options of another object (loss_args): checked once typed by their owner
         return
     if isinstance(value, str):
         if not value and not rule.empty:

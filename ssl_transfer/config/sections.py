@@ -22,6 +22,7 @@ from typing import Any, Literal
 from ..errors import ConfigError
 from .fields import opt
 
+
 @dataclass
 class DataConfig:
     """Dataset, splits, views and loaders."""
@@ -89,16 +90,16 @@ class OptimizerConfig:
     """
 
     name: Literal["sgd", "lars", "adamw"] = "sgd"
-    lr: float = opt(0.06, gt=0)
+    lr: float = opt(0.06, gt=0, le=100)
     #: Scale lr by batch_size / 256, as lightly's and SimCLR's recipes do.
     lr_scale_with_batch: bool = False
     momentum: float = opt(0.9, ge=0, lt=1)
-    weight_decay: float = opt(0.0, ge=0)
+    weight_decay: float = opt(0.0, ge=0, le=1)
     #: Fraction of training steps of linear warm-up before the decay.
     warmup_fraction: float = opt(0.05, ge=0, le=1)
     schedule: Literal["cosine", "step"] = "cosine"
     #: ``schedule: step``: epochs of the stage at which lr is multiplied by ``gamma``.
-    milestones: list[float] = opt(factory=list, gt=0)
+    milestones: list[float] = opt(factory=list, gt=0, le=1e5)
     gamma: float = opt(0.1, gt=0, le=1)
 
     def validate_for(self, key: str, epochs: float) -> None:
@@ -128,13 +129,13 @@ class SourceConfig:
     #: SGD, lr 0.06 x batch / 256 (lightly's CIFAR-10 benchmarks), cosine with 5 % warm-up.
     optimizer: OptimizerConfig = _optimizer(name="sgd", lr=0.06, lr_scale_with_batch=True, weight_decay=5e-4)
     #: SimCLR NT-Xent temperature (lightly's benchmarks: 0.5 at CIFAR scale, 0.1 on ImageNet).
-    temperature: float = opt(0.5, gt=0)
+    temperature: float = opt(0.5, gt=0, le=100)
     #: Projection head (SimCLR and MoCo v2 heads alike): hidden and output width.
     proj_hidden_dim: int = opt(512, ge=1)
     proj_out_dim: int = opt(128, ge=1)
     #: MoCo v2: InfoNCE temperature (MoCo v2 paper: 0.2), queue of past keys (negatives), and the
     #: key-encoder momentum at the first step, raised to 1 by a cosine schedule over training.
-    moco_temperature: float = opt(0.2, gt=0)
+    moco_temperature: float = opt(0.2, gt=0, le=100)
     moco_queue_size: int = opt(4096, ge=1, hint="MoCo v2: 4096 at CIFAR scale, 65536 on ImageNet")
     moco_momentum: float = opt(0.99, ge=0, le=1, hint="MoCo v2: 0.99 at CIFAR scale, 0.999 on ImageNet")
     #: External teacher weights (``ssl-transfer transfer --teacher FILE``): prefix of the backbone's
@@ -213,11 +214,21 @@ class EvalConfig:
     """Evaluation of every model on frozen backbone features."""
 
     knn_k: int = opt(200, ge=1)
-    knn_temperature: float = opt(0.1, gt=0)
+    knn_temperature: float = opt(0.1, gt=0, le=100)
     #: Inverse regularisation strengths of the logistic-regression probe; the one with the best
-    #: validation accuracy is evaluated once on the test split.
+    #: validation accuracy is evaluated once on the test split. When the best is at an edge, the
+    #: grid is extended on that side until it lies inside (linear_eval.linear_probe).
     linear_Cs: list[float] = opt(factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0], gt=0)
-    linear_max_iter: int = opt(100, ge=1)
+    #: Iteration cap of each L-BFGS fit; fits stop at a gradient tolerance of 1e-4 first.
+    linear_max_iter: int = opt(2000, ge=1)
+    #: Linear probe: ``fast`` (logistic regression on frozen features of the un-augmented images,
+    #: C chosen on val) or ``standard`` (the SGD linear layer on the frozen backbone with random
+    #: crops and flips that lightly and solo-learn report; the epoch is chosen on val).
+    protocol: Literal["fast", "standard"] = "fast"
+    #: ``standard``: epochs, learning rate per 256 images (SGD, cosine), smallest crop area.
+    standard_epochs: int = opt(90, ge=1, le=10000)
+    standard_lr: float = opt(0.1, gt=0, le=100)
+    standard_min_scale: float = opt(0.08, gt=0, le=1)
     #: Also compute retrieval metrics (Recall@K, MAP@R, R-precision) on the test split.
     retrieval: bool = False
     recall_ks: list[int] = opt(factory=lambda: [1, 2, 4, 8], ge=1)
@@ -227,7 +238,7 @@ class EvalConfig:
     #: eval_train images) of the model being trained every this many epochs (fractions allowed)
     #: and at the end of every training stage, as ``val_knn_acc`` in logs/<stage>/metrics.csv
     #: and ``monitor`` in results.json. 0 = off. Monitoring only: nothing is selected on it.
-    knn_monitor_every: float = opt(0.0, ge=0)
+    knn_monitor_every: float = opt(0.0, ge=0, le=1e5)
     #: Also evaluate the student's embedding (backbone + head output, what the transfer loss
     #: trains) as ``student_embedding`` in results.json: ``auto`` when its dimension differs from
     #: the backbone feature's (dimension reduction, e.g. 512 -> 64), ``always``, or ``never``.

@@ -175,10 +175,15 @@ def channel_stats(images: Any, chunk: int = 1024) -> tuple[list[float], list[flo
 
 
 def data_roots(root: str | None) -> list[tuple[str, Path]]:
-    """Folders searched for a dataset, in order: ``data.root``, then ``$SSL_TRANSFER_DATA``."""
+    """Folders searched for a dataset, in order: ``data.root``, then ``$SSL_TRANSFER_DATA``.
+    An explicit ``data.root`` must exist (no silent fall-back to another copy)."""
     out = []
     if root:
-        out.append(("data.root", Path(root).expanduser()))
+        path = Path(root).expanduser()
+        if not path.is_dir():
+            raise DataError(f"data.root = '{root}' {'is not a folder' if path.exists() else 'does not exist'}; "
+                            "fix the path, or remove data.root to search $SSL_TRANSFER_DATA and the system folders")
+        out.append(("data.root", path))
     env = os.environ.get("SSL_TRANSFER_DATA")
     if env:
         out.append(("$SSL_TRANSFER_DATA", Path(env).expanduser()))
@@ -192,6 +197,16 @@ def find_dataset_dir(root: str | None, folder: str, marker: Callable[[Path], boo
             if candidate.is_dir() and marker(candidate):
                 return candidate
     return None
+
+
+def found_via(location: str, root: str | None) -> str:
+    """Which search step found a dataset at ``location``: data.root, $SSL_TRANSFER_DATA, or the
+    loader's own default (a system folder, or a bundled dataset), for the log and results.json."""
+    loc = Path(location).expanduser()
+    for origin, base in data_roots(root):
+        if loc == base or base in loc.parents:
+            return origin
+    return "default location"
 
 
 def searched(root: str | None) -> str:

@@ -14,46 +14,24 @@ folders), Resize(round(input_size / 0.875)) + CenterCrop(input_size) (256/224 at
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 from torchvision import transforms as T
 
 from ..config import DataConfig
+from ..distributed import is_global_zero
 from ..errors import DataError
 from ..sampling import EpochBatchSampler, SeededDataset
-from .base import Source
+from .base import Source, found_via
 from .sources import load_source
 from .views import multi_view_transform
 
-
-class ArrayDataset(Dataset):
-    """uint8 images (n, H, W[, C]) + labels as dicts ``{views, label, index[, clean]}``.
-
-    ``transform`` maps a PIL image to a list of view tensors; ``clean`` (optional) maps it to
-    the un-augmented tensor.
-    """
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable,
-                 clean: Callable | None = None):
-        self.images = images
-        self.labels = labels
-        self.transform = transform
-        self.clean = clean
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> dict:
-        img = Image.fromarray(np.ascontiguousarray(self.images[i]))
-        item = {"views": self.transform(img), "label": int(self.labels[i]), "index": i}
-        if self.clean is not None:
-            item["clean"] = self.clean(img)
-        return item
+log = logging.getLogger("ssl_transfer")
 
 
 class ViewDataset(Dataset):
@@ -108,7 +86,7 @@ class ArrayBatchDataset(Dataset):
     """Batches ``(x (b, C, H, W), y (b,))`` of normalised arrays; item = a list of positions.
 
     Used with a BatchSampler (``batch_size=None`` in the DataLoader): each batch is normalised
-    in one vectorised step, bit-identical to the rows of :meth:`DataBundle.clean_tensor`.
+    in one vectorised step (:func:`normalise`).
     """
 
     def __init__(self, gather: Callable[[np.ndarray], np.ndarray], labels: np.ndarray,
@@ -181,6 +159,8 @@ class DataBundle:
     @classmethod
     def from_config(cls, cfg: DataConfig, seed: int, method: str = "simclr") -> DataBundle:
         raw = load_source(cfg)
+        if is_global_zero():
+            log.info("dataset %s: %s (found via %s)", cfg.name, raw.location, found_via(raw.location, cfg.root))
         n_train = raw.count("train")
         if len(np.unique(raw.labels("train"))) < 2:
             raise DataError(f"dataset '{cfg.name}' has fewer than 2 classes; evaluation needs at least 2")
@@ -199,6 +179,11 @@ class DataBundle:
             test_idx=test_idx,
             method=method,
         )
+
+    @property
+    def found_via(self) -> str:
+        """Where the dataset was found: data.root, $SSL_TRANSFER_DATA or the default location."""
+        return found_via(self.raw.location, self.cfg.root)
 
     @property
     def num_classes(self) -> int:
@@ -308,25 +293,6 @@ class DataBundle:
     def _labels(self, source_split: str, idx: np.ndarray) -> np.ndarray:
         return self.raw.labels("test")[idx] if source_split == "test" else _pool_labels(self.raw, idx)
 
-    def clean_tensor(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised, un-augmented images and labels of a split (train/eval_train/val/test).
-
-        Array-backed sources only (it holds the whole split in memory); use :meth:`eval_loader`
-        for any source.
-        """
-        if not self.array_backed:
-            raise DataError(
-                f"clean_tensor is not offered for the file-backed dataset '{self.raw.name}' (it would "
-                "load every image into memory); iterate eval_loader(split) instead"
-            )
-        source_split, idx = self._split(split)
-        labels = torch.from_numpy(self._labels(source_split, idx))
-        if self._resized():
-            ds = EvalDataset(self.raw, source_split, idx, self.eval_transform())
-            x = torch.stack([ds[k][0] for k in range(len(ds))]) if len(ds) else torch.zeros(0)
-            return x, labels
-        return normalise(self._gather(source_split, idx), self.raw.mean, self.raw.std), labels
-
     def eval_loader(self, split: str) -> DataLoader:
         """``(x, y)`` batches of a split in order, un-augmented (``eval_transform``), streamed."""
         source_split, idx = self._split(split)
@@ -338,3 +304,11 @@ class DataBundle:
         return DataLoader(EvalDataset(self.raw, source_split, idx, self.eval_transform()),
                           batch_size=self.cfg.eval_batch_size, shuffle=False,
                           num_workers=self.cfg.num_workers)
+
+    def labelled_loader(self, split: str, transform: Callable, seed: int, shuffle: bool = True) -> DataLoader:
+        """``(x, y)`` batches of ``data.batch_size`` images of a split through ``transform`` (e.g. the
+        standard probe's RandomResizedCrop + flip), shuffled by a generator seeded with ``seed``."""
+        source_split, idx = self._split(split)
+        return DataLoader(EvalDataset(self.raw, source_split, idx, transform), batch_size=self.cfg.batch_size,
+                          shuffle=shuffle, generator=torch.Generator().manual_seed(seed) if shuffle else None,
+                          num_workers=self.cfg.num_workers, persistent_workers=self.cfg.num_workers > 0)

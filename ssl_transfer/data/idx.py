@@ -7,6 +7,7 @@ k, then k uint32 sizes, then the data in C order.
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:  # zlib.error: a corrupt compressed body
         raise DataError(f"cannot read IDX file '{path}' ({e}); re-install or re-download it") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
         raise DataError(f"'{path}' is not an IDX file (bad magic number); re-download it")

@@ -16,7 +16,6 @@ each expects where. :func:`load_source` builds the source a :class:`DataConfig` 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .base import FileDataset, RawDataset, Source  # noqa: F401  (re-exported)
+from .base import FileDataset, RawDataset, Source, data_roots  # noqa: F401  (re-exported)
 from .cifar import load_cifar
 from .folders import load_image_folder
 from .idx import read_idx
@@ -54,14 +53,7 @@ def _find_file(folder: Path, stem: str) -> Path | None:
 
 def fashion_mnist_candidates(root: str | None) -> list[tuple[str, Path]]:
     """Folders searched for Fashion-MNIST, in order, each with where it came from."""
-    out = []
-    if root:
-        out.append(("data.root", Path(root).expanduser()))
-    env = os.environ.get("SSL_TRANSFER_DATA")
-    if env:
-        out.append(("$SSL_TRANSFER_DATA", Path(env).expanduser()))
-    out.append(("Debian package dataset-fashion-mnist", DEBIAN_FASHION_MNIST))
-    return out
+    return [*data_roots(root), ("Debian package dataset-fashion-mnist", DEBIAN_FASHION_MNIST)]
 
 
 def _stats(images: np.ndarray) -> tuple[list[float], list[float]]:
@@ -73,7 +65,6 @@ def _stats(images: np.ndarray) -> tuple[list[float], list[float]]:
 
 
 def load_fashion_mnist(root: str | None = None, download: bool = False) -> RawDataset:
-    candidates = fashion_mnist_candidates(root)
     if download:
         if not root:
             raise DataError("data.download: true needs data.root, the folder to download into; set data.root")
@@ -87,6 +78,7 @@ def load_fashion_mnist(root: str | None = None, download: bool = False) -> RawDa
                 f"downloading Fashion-MNIST into '{root}' failed ({type(e).__name__}: {e}); "
                 "check the internet connection or install the Debian package dataset-fashion-mnist"
             ) from None
+    candidates = fashion_mnist_candidates(root)
     for origin, folder in candidates:
         files = {k: _find_file(folder, stem) for k, stem in FASHION_MNIST_FILES.items()}
         found = [k for k, v in files.items() if v is not None]

@@ -13,6 +13,12 @@ The classifier is replaced by ``nn.Identity`` so a backbone maps (n, C, H, W) to
 128 and 256 channels, strides 1, 2, 2, 2, global average pooling; 256-d features, 0.39M
 parameters (ResNet-18: 11.2M) and about 12M multiply-adds at 28x28 (ResNet-18 with the
 ImageNet stem: about 30M). It has no stem variants; ``stem`` is recorded but not used.
+
+CIFAR networks of the distillation literature (:mod:`.cifar_nets`, as in CRD / RepDistiller):
+``resnet8x4`` and ``resnet32x4`` (256-d features), ``wrn_16_2`` and ``wrn_40_2`` (128-d; the
+literature's WRN-16-2 / WRN-40-2, written ``wrn-16-2``: use the underscore names here). They
+have a fixed 3x3 stride-1 stem; ``stem`` is recorded in the spec but not used, as for
+``small_cnn``.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 from torchvision import models as tvm
+
+from .cifar_nets import CIFAR_FEAT_DIMS, CIFAR_NETS
 
 _RESNETS = {"resnet18": tvm.resnet18, "resnet34": tvm.resnet34, "resnet50": tvm.resnet50}
 STEMS = ("imagenet", "cifar", "small")
@@ -50,7 +58,7 @@ def small_cnn(in_channels: int) -> nn.Module:
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
-ARCHS = (*_RESNETS, "small_cnn")
+ARCHS = (*_RESNETS, "small_cnn", *CIFAR_NETS)
 
 
 def build_backbone(arch: str, stem: str, in_channels: int) -> tuple[nn.Module, BackboneSpec]:
@@ -61,6 +69,9 @@ def build_backbone(arch: str, stem: str, in_channels: int) -> tuple[nn.Module, B
         raise ValueError(f"unknown stem '{stem}'; use one of {', '.join(STEMS)}")
     if arch == "small_cnn":
         return small_cnn(in_channels), BackboneSpec(arch=arch, stem=stem, in_channels=in_channels, feat_dim=256)
+    if arch in CIFAR_NETS:  # fixed CIFAR stem; ``stem`` only recorded
+        spec = BackboneSpec(arch=arch, stem=stem, in_channels=in_channels, feat_dim=CIFAR_FEAT_DIMS[arch])
+        return CIFAR_NETS[arch](in_channels), spec
     net = _RESNETS[arch](weights=None)
     if stem == "imagenet":
         net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)

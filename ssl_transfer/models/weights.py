@@ -1,7 +1,8 @@
 """Backbone weights from other tools: read a checkpoint, find the backbone's keys, load strictly.
 
-Accepted files (all read with ``torch.load(weights_only=True)``, i.e. tensors and plain Python
-values only; ``unsafe=True`` / ``--unsafe-load`` allows full unpickling of a file you trust):
+Accepted files (all read by :func:`ssl_transfer.io.read_checkpoint`, i.e.
+``torch.load(weights_only=True)``: tensors and plain Python values only; ``unsafe=True`` /
+``--unsafe-load`` allows full unpickling of a file you trust):
 
 =====================================  ===========================================================
 this project's teacher.pt / student.pt  ``{"spec", "backbone", ...}``: the ``backbone`` entry
@@ -41,6 +42,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..io import atomic_write, read_checkpoint
 
 #: Entries under which checkpoints nest their weights, tried in this order.
 NESTED = ("state_dict", "model", "net", "backbone")
@@ -48,22 +50,6 @@ NESTED = ("state_dict", "model", "net", "backbone")
 _RESNET_CHILDREN = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4", "avgpool")
 #: Prefix words of momentum / key encoders, never preferred over the online encoder on a tie.
 _SECONDARY = re.compile(r"(momentum|encoder_k|_k\.|key|ema|target|teacher)")
-
-
-def read_checkpoint(path: str | os.PathLike, unsafe: bool = False) -> Any:
-    """``torch.load`` a file on CPU; one-line CheckpointError if it is missing or unreadable."""
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint '{p}' does not exist; pass a teacher.pt, a Lightning .ckpt or a "
-                              "state dict (.pth)")
-    try:
-        return torch.load(p, map_location="cpu", weights_only=not unsafe)
-    except Exception as e:
-        if not unsafe and "weights_only" in str(e):
-            raise CheckpointError(f"checkpoint '{p}' holds Python objects besides tensors and cannot be read "
-                                  "safely; if you trust its source, pass --unsafe-load") from None
-        raise CheckpointError(f"checkpoint '{p}' cannot be read ({type(e).__name__}); it is truncated or "
-                              "not a torch file, re-create it") from None
 
 
 def is_project_model(payload: Any) -> bool:
@@ -125,7 +111,7 @@ def state_dict_mismatch(target: dict[str, torch.Tensor], state: dict[str, torch.
 
     ``mapping`` maps target keys to the keys of ``state`` that fill them (default: the same key);
     ``unexpected`` lists the keys of ``state`` that fill nothing (default: those not in target).
-    Shared by the teacher loader here and ``linear_eval.load_backbone``.
+    Shared by the teacher loader here and :func:`ssl_transfer.models.torchvision_models.load_backbone`.
     """
     mapping = {k: k for k in target if k in state} if mapping is None else mapping
     if unexpected is None:
@@ -272,12 +258,10 @@ def resolve_backbone(path: str | os.PathLike, arch: str | None = None, stem: str
 def export_backbone(path: str | os.PathLike, out: str | os.PathLike, **kw) -> dict[str, Any]:
     """Write the backbone of ``path`` as a plain state dict with torchvision's key names (no
     ``fc``); never overwrites ``out``. Returns the spec and matching info."""
-    from ..io import _atomic_replace
-
     out = Path(out)
     if out.exists():
         raise CheckpointError(f"'{out}' already exists; choose another --out or delete it")
     backbone, spec, info = resolve_backbone(path, **kw)
     state = {k: v.detach().clone() for k, v in backbone.state_dict().items()}
-    _atomic_replace(out, lambda f: torch.save(state, f))
+    atomic_write(out, lambda f: torch.save(state, f))
     return {"spec": spec.to_dict(), "keys": len(state), **info}

@@ -1,1 +1,2 @@
-"""Training stages (LightningModules): source (SimCLR) and transfer."""
+"""Training stages: the contract (base.py), the SSL source stage and its control (source.py,
+pretrain.py), the transfer stage (transfer.py)."""

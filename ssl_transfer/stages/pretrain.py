@@ -16,25 +16,27 @@ stage may use as teacher output), the optimiser recipe of :class:`StageModule`, 
 online linear classifier on detached backbone features (monitoring only; it never changes the
 backbone).
 
-``build_ssl_module(cfg, in_channels, batch_size, num_classes)`` picks the class from
-``cfg.method``; :meth:`SSLModule.teacher_state` / :meth:`SSLModule.load_teacher_state` carry
+``build_ssl_module(source, data, in_channels, num_classes)`` picks the class from
+``source.method``; :meth:`SSLModule.teacher_state` / :meth:`SSLModule.load_teacher_state` carry
 the method-specific state (projection head; MoCo: key encoder and queue) through teacher.pt.
+Training, saving and loading teachers is the source stage's (:mod:`ssl_transfer.stages.source`).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import torch
 from lightly.loss import NTXentLoss
 from lightly.models.modules.heads import MoCoProjectionHead, SimCLRProjectionHead
 from lightly.models.utils import batch_shuffle, batch_unshuffle, deactivate_requires_grad, update_momentum
-from lightly.utils import dist
 from lightly.utils.benchmarking import OnlineLinearClassifier
 from lightly.utils.scheduler import cosine_schedule
 
-from ..config import SourceConfig
+from ..config import DataConfig, SourceConfig
+from ..distributed import world_size
 from ..models import build_backbone
 from .base import StageModule
 
@@ -49,12 +51,12 @@ class SSLModule(StageModule):
     stage = "source"
     method = "ssl"
 
-    def __init__(self, cfg: SourceConfig, in_channels: int, batch_size: int, num_classes: int | None = None):
-        super().__init__()
-        self.save_hyperparameters({"source": vars(cfg), "in_channels": in_channels, "batch_size": batch_size,
-                                   "num_classes": num_classes})
-        self.opt_cfg = cfg
-        self.batch_size = batch_size
+    def __init__(self, cfg: SourceConfig, data: DataConfig, in_channels: int, num_classes: int | None = None,
+                 epochs: float | None = None):
+        super().__init__(cfg.optimizer, data.batch_size, epochs or cfg.epochs)
+        self.save_hyperparameters({"source": dataclasses.asdict(cfg), "in_channels": in_channels,
+                                   "batch_size": data.batch_size, "num_classes": num_classes})
+        self.source = cfg
         self.backbone, self.spec = build_backbone(cfg.backbone, cfg.stem, in_channels)
         self.build_method(cfg)
         self.online_classifier = None
@@ -186,7 +188,7 @@ class MoCoV2Module(SSLModule):
 
     def momentum(self) -> float:
         """Key-encoder momentum at the current step (``moco_momentum`` outside a Trainer)."""
-        start = self.opt_cfg.moco_momentum
+        start = self.source.moco_momentum
         if self._trainer is None:
             return start
         total = max(1, int(self.trainer.estimated_stepping_batches))
@@ -206,7 +208,7 @@ class MoCoV2Module(SSLModule):
         drawn from a generator seeded by (run seed, global step), not from the global RNG, so a
         resumed run draws the same permutations as an uninterrupted one.
         """
-        if dist.world_size() == 1:
+        if world_size() == 1:
             return self.key_head(self.key_backbone(x))
         devices = [x.device.index] if x.is_cuda else []
         with torch.random.fork_rng(devices=devices):
@@ -267,10 +269,10 @@ class MoCoV2Module(SSLModule):
 METHODS: dict[str, type[SSLModule]] = {"simclr": SimCLRModule, "mocov2": MoCoV2Module}
 
 
-def build_ssl_module(cfg: SourceConfig, in_channels: int, batch_size: int,
-                     num_classes: int | None = None) -> SSLModule:
-    """The source-stage module of ``cfg.method``."""
-    return METHODS[cfg.method](cfg, in_channels, batch_size, num_classes)
+def build_ssl_module(cfg: SourceConfig, data: DataConfig, in_channels: int, num_classes: int | None = None,
+                     epochs: float | None = None) -> SSLModule:
+    """The source-stage module of ``cfg.method`` (``epochs``: of the stage, default source.epochs)."""
+    return METHODS[cfg.method](cfg, data, in_channels, num_classes, epochs)
 
 
 __all__ = ["METHODS", "MoCoV2Module", "SSLModule", "SimCLRModule", "build_ssl_module"]
