@@ -1,6 +1,8 @@
 """``ssl-transfer`` command line.
 
     ssl-transfer run CONFIG [--set key=value ...] [--out DIR] [--overwrite | --resume] [--debug]
+    ssl-transfer classify CONFIG [...]     (= run with task: classify)
+    ssl-transfer metric CONFIG [...]       (= run with task: metric)
     ssl-transfer transfer CONFIG --teacher WEIGHTS [--prefix P] [--set ...] [--out DIR] [--overwrite | --resume]
     ssl-transfer pretrain CONFIG [--set ...] [--out DIR] [--overwrite | --resume]
     ssl-transfer eval CHECKPOINT --config CONFIG [--set ...] [--out FILE.json] [--embedding]
@@ -30,7 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="source stage + controls + transfer stage + evaluation")
     t = sub.add_parser("transfer", help="controls + transfer stage + evaluation from a saved teacher")
     pt = sub.add_parser("pretrain", help="source stage alone: teacher.pt + results.json with its evaluation")
-    for q, default in ((r, "runs/<config name>"), (t, "runs/<config name>"), (pt, "runs/<config name>_pretrain")):
+    c = sub.add_parser("classify", help="classification transfer (run with task: classify)")
+    m = sub.add_parser("metric", help="metric learning (run with task: metric)")
+    for q, default in ((r, "runs/<config name>"), (t, "runs/<config name>"), (pt, "runs/<config name>_pretrain"),
+                       (c, "runs/<config name>"), (m, "runs/<config name>")):
         q.add_argument("config", nargs="?", help="YAML config, e.g. configs/quickstart.yaml")
         _common(q)
         q.add_argument("--out", help=f"output directory (default: {default})")
@@ -87,6 +92,8 @@ def _config(args) -> tuple[str, list[str]]:
         overrides.remove(config)
     if getattr(args, "prefix", None) is not None:
         overrides.append(f"source.weights_prefix={json.dumps(args.prefix)}")
+    if args.command in ("classify", "metric"):
+        overrides.append(f"task={args.command}")
     return config, overrides
 
 
@@ -173,7 +180,8 @@ def _os_error(e: OSError) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    commands = {"run": _run, "transfer": _run, "pretrain": _run, "eval": _eval, "export": _export}
+    commands = {"run": _run, "transfer": _run, "pretrain": _run, "classify": _run, "metric": _run, "eval": _eval,
+                "export": _export}
     try:
         return commands[args.command](args)
     except SSLTransferError as e:

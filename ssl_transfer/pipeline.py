@@ -26,19 +26,20 @@ from .config import RunConfig
 from .data import DataBundle
 from .distributed import is_global_zero
 from .errors import NonFiniteError
-from .evaluation.frozen import evaluate, evaluate_run
+from .evaluation.frozen import evaluate
 from .io import atomic_write_text
 from .runs import RunDirectory, RunState, run_metadata
 from .runtime import setup_processes, setup_runtime
 from .stages.base import StageContext, StageResult
-from .stages.source import ControlStage, SourceStage
-from .stages.transfer import TransferStage
+from .stages.source import SourceStage
+from .tasks import get_task
 
 
 def prepare(cfg: RunConfig, bundle: DataBundle | None = None) -> DataBundle:
     """Everything that can fail on bad input before the run directory is touched: the data (and
     the batch size against it), threads, the process layout."""
-    bundle = bundle or DataBundle.from_config(cfg.data, cfg.seed, method=cfg.source.method)
+    views = cfg.source.method if cfg.source.method in ("simclr", "mocov2") else "simclr"  # augmentation preset
+    bundle = bundle or DataBundle.from_config(cfg.data, cfg.seed, method=views)
     bundle.train_loader(cfg.seed)  # validates the batch size against the data
     setup_runtime(cfg)
     setup_processes(cfg)
@@ -60,7 +61,7 @@ def run_stage(state: RunState, ctx: StageContext, stage, **inputs) -> StageResul
 
 def run(cfg: RunConfig, out_dir: str | os.PathLike, overwrite: bool = False, bundle: DataBundle | None = None,
         teacher_path: str | os.PathLike | None = None, resume: bool = False) -> dict[str, Any] | None:
-    """Run the whole pipeline into ``out_dir`` and return the results dict (also results.json).
+    """Run the task ``cfg.task`` into ``out_dir`` and return the results dict (also results.json).
 
     With ``teacher_path`` the source stage is skipped and that teacher is transferred
     (``ssl-transfer transfer``). With ``resume`` an interrupted run in ``out_dir`` continues:
@@ -74,29 +75,28 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, overwrite: bool = False, bun
     """
     start = time.perf_counter()
     bundle = prepare(cfg, bundle)
-    source, control, transfer = SourceStage(cfg), ControlStage(cfg), TransferStage(cfg)
+    task = get_task(cfg.task)
+    stages = task.plan(cfg)
     if resume:
         RunState.check_resume(out_dir, cfg, teacher_path)  # before the teacher is read
-    given = source.from_file(teacher_path, bundle) if teacher_path else None
+    given = stages.source.from_file(teacher_path, bundle) if teacher_path else None
     with RunDirectory.open(out_dir, overwrite, resume, keep=teacher_path) as rd:
         state = (RunState.resume if resume else RunState.start)(rd, cfg, teacher_path, start)
         ctx = StageContext(cfg, bundle, rd, resume)
-        teacher = given or run_stage(state, ctx, source)
-        controls = {}
-        if cfg.controls.teacher_continued:
-            controls[control.name] = run_stage(state, ctx, control, teacher=teacher)
-        student = run_stage(state, ctx, transfer, teacher=teacher)
+        teacher = given or run_stage(state, ctx, stages.source)                               # 1. source
+        controls = {c.name: run_stage(state, ctx, c, teacher=teacher) for c in stages.controls}  # 2. controls
+        student = run_stage(state, ctx, stages.transfer, teacher=teacher)                     # 3. transfer
         if not is_global_zero():
             return None  # a DDP worker: training is done, rank 0 evaluates and writes
         timings = dict(state.finished)
-        results = evaluate_run(cfg, bundle, teacher, student, controls)
+        results = task.evaluate(cfg, bundle, teacher, student, controls)                      # 4. evaluate
         timings["eval"] = results.pop("eval_s")
         results.update(run_metadata(cfg, bundle, {"teacher": teacher.spec.to_dict(), "student": student.spec.to_dict(),
-                                                  "student_embed_dim": student.model.embed_dim}))
-        results["teacher_checkpoint"] = str(teacher_path) if teacher_path else str(rd.final(source.artifact))
+                                                  "student_embed_dim": getattr(student.model, "embed_dim", None)}))
+        results["teacher_checkpoint"] = str(teacher_path) if teacher_path else str(rd.final(stages.source.artifact))
         results["resumed"] = bool(resume)
         results.update(monitor_block(cfg, rd.work, list(state.finished)))
-        return finish(rd, state, results, timings)
+        return finish(rd, state, results, timings)                                           # 5. report
 
 
 def finish(rd: RunDirectory, state: RunState, results: dict, timings: dict) -> dict[str, Any]:

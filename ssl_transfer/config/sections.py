@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..errors import ConfigError
+from .classify import ClassifyConfig
 from .fields import opt
+from .metric import MetricConfig
 
 
 @dataclass
@@ -29,7 +31,7 @@ class DataConfig:
 
     #: Dataset; docs/datasets.md lists the files each one expects under ``root``.
     name: Literal["fashion_mnist", "digits", "cifar10", "cifar100", "stl10", "imagenet", "imagenet100",
-                  "image_folder"] = "fashion_mnist"
+                  "image_folder", "cub", "cars", "sop"] = "fashion_mnist"
     #: Folder holding the dataset files (it must exist); None searches $SSL_TRANSFER_DATA, then
     #: (Fashion-MNIST) the Debian package folder (/usr/share/datasets/fashion-mnist).
     root: str | None = None
@@ -47,6 +49,20 @@ class DataConfig:
     input_size: int | None = opt(None, ge=2, le=4096)
     #: Images of the official training split held out for every selection decision.
     val_size: int = opt(5000, ge=1, hint="the validation split selects the probe's regularisation")
+    #: Metric learning: hold out this many whole training classes as the validation split instead
+    #: of ``val_size`` images (selection on classes never trained on, as the test classes are).
+    val_classes: int | None = opt(None, ge=2)
+    #: Zero-shot on a classification dataset: train on these classes (labels) of the training
+    #: split, evaluate on the other classes of the test split (e.g. Fashion-MNIST [0, 1, 2, 3, 4]).
+    train_classes: list[int] | None = opt(None, ge=0)
+    #: Class-balanced training batches: batch_size / images_per_class classes x images_per_class
+    #: images (metric learning, e.g. 45 x 2); None: shuffled batches.
+    images_per_class: int | None = opt(None, ge=1)
+    #: Few labels: keep the labels of this stratified, seeded fraction of the training images
+    #: (classification transfer: the CE term sees only these); None: all labelled.
+    label_fraction: float | None = opt(None, gt=0, le=1)
+    #: CUB / Cars / SOP: check the image counts of both splits against the official ones.
+    verify_counts: bool = True
     #: Seed of the train/val split; fixed independently of ``seed`` so all runs share it.
     split_seed: int = opt(0, ge=0, le=2**32 - 1)
     #: Use only this many training images for SSL training (None: all). Evaluation subsets below.
@@ -78,6 +94,12 @@ class DataConfig:
         if self.class_list is not None and self.name not in ("imagenet", "imagenet100", "image_folder"):
             raise ConfigError(f"data.class_list applies to imagenet, imagenet100 and image_folder, not "
                               f"{self.name}; remove data.class_list")
+        if self.train_classes is not None and (len(set(self.train_classes)) < 2 or self.name in ("cub", "cars", "sop")):
+            raise ConfigError(f"data.train_classes = {self.train_classes} must name at least 2 classes of a classification "
+                              "dataset (cub, cars and sop come split by class already); fix or remove it")
+        if self.images_per_class is not None and self.batch_size % self.images_per_class:
+            raise ConfigError(f"data.batch_size = {self.batch_size} is not a multiple of data.images_per_class = "
+                              f"{self.images_per_class}; set data.batch_size to a multiple of it")
 
 
 @dataclass
@@ -120,8 +142,12 @@ class SourceConfig:
     """Source stage: the SSL teacher."""
 
     #: SSL method of the teacher: ``simclr`` or ``mocov2`` (docs/source_stage.md).
-    method: Literal["simclr", "mocov2"] = "simclr"
-    backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    #: ``supervised`` (a CE teacher, task: classify) and ``proxy_anchor`` (task: metric) belong to
+    #: their tasks.
+    method: Literal["simclr", "mocov2", "supervised", "proxy_anchor"] = "simclr"
+    #: ResNets (torchvision) or the CIFAR networks of the distillation literature.
+    backbone: Literal["resnet18", "resnet34", "resnet50", "resnet8x4", "resnet32x4", "wrn_16_2", "wrn_40_2"] = (
+        "resnet18")
     #: ``imagenet``: 7x7/2 conv + max-pool (fast at 28x28); ``cifar``: 3x3/1 conv, no pool;
     #: ``small``: 3x3/2 conv, no pool (between the two in cost).
     stem: Literal["imagenet", "cifar", "small"] = "imagenet"
@@ -147,6 +173,10 @@ class SourceConfig:
 
     def validate(self, root: RunConfig) -> None:
         self.optimizer.validate_for("source.optimizer", self.epochs)
+        if root.task == "ssl" and self.method not in ("simclr", "mocov2"):
+            raise ConfigError(f"source.method = {self.method} belongs to task "
+                              f"{'classify' if self.method == 'supervised' else 'metric'}; the ssl task's teacher is "
+                              "simclr or mocov2")
         if self.method == "mocov2" and self.moco_queue_size < root.data.batch_size:
             raise ConfigError(
                 f"source.moco_queue_size = {self.moco_queue_size} is smaller than data.batch_size = "
@@ -183,7 +213,8 @@ class TransferConfig:
     #: Student backbone; None copies the teacher's architecture (self-transfer). A different
     #: one (compression, e.g. resnet50 -> resnet18, resnet18 -> small_cnn) needs
     #: ``student_init: scratch``.
-    student_backbone: Literal["resnet18", "resnet34", "resnet50", "small_cnn"] | None = None
+    student_backbone: Literal["resnet18", "resnet34", "resnet50", "small_cnn", "resnet8x4", "resnet32x4", "wrn_16_2",
+                              "wrn_40_2"] | None = None
     student_stem: Literal["imagenet", "cifar", "small"] | None = None
     #: Embedding head on the student backbone: none, linear, or a 2-layer MLP.
     student_head: Literal["none", "linear", "mlp"] = "linear"
@@ -304,6 +335,10 @@ class TrainerConfig:
 class RunConfig:
     """A whole run: source stage, controls, transfer stage and evaluation."""
 
+    #: The task: ``ssl`` (SSL teacher -> relaxed transfer -> linear probe / kNN), ``classify``
+    #: (supervised student with CE + relational term -> test top-1), ``metric`` (Proxy-Anchor teacher
+    #: -> relaxed transfer on class-balanced batches -> Recall@K / MAP@R on unseen classes).
+    task: Literal["ssl", "classify", "metric"] = "ssl"
     #: Drives every random choice of the run (weights, batches, augmentations).
     seed: int = opt(0, ge=0, le=2**32 - 1)
     data: DataConfig = field(default_factory=DataConfig)
@@ -312,6 +347,8 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     controls: ControlsConfig = field(default_factory=ControlsConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    classify: ClassifyConfig = field(default_factory=ClassifyConfig)
+    metric: MetricConfig = field(default_factory=MetricConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -155,30 +155,60 @@ class DataBundle:
     val_idx: np.ndarray
     test_idx: np.ndarray
     method: str = "simclr"
+    #: ``data.label_fraction``: training-pool indices that keep their labels, and the others.
+    labelled_idx: np.ndarray | None = None
+    unlabelled_idx: np.ndarray | None = None
 
     @classmethod
     def from_config(cls, cfg: DataConfig, seed: int, method: str = "simclr") -> DataBundle:
+        """Splits of the dataset ``cfg`` names.
+
+        - ``data.train_classes`` (zero-shot on a classification dataset): the training split keeps
+          those classes, the test split the others (classes never trained on);
+        - ``data.val_classes``: the validation split is that many whole classes of the training
+          split (metric learning: selection on unseen classes), else ``data.val_size`` images;
+        - ``data.label_fraction``: a stratified, seeded subset of the training images keeps its
+          labels (``labelled_idx``); the other training images are ``unlabelled_idx``.
+        """
         raw = load_source(cfg)
         if is_global_zero():
             log.info("dataset %s: %s (found via %s)", cfg.name, raw.location, found_via(raw.location, cfg.root))
-        n_train = raw.count("train")
-        if len(np.unique(raw.labels("train"))) < 2:
+        labels, test_labels = raw.labels("train"), raw.labels("test")
+        if len(np.unique(labels)) < 2:
             raise DataError(f"dataset '{cfg.name}' has fewer than 2 classes; evaluation needs at least 2")
-        train_idx, val_idx = split_train_val(n_train, cfg.val_size, cfg.split_seed)
+        official = np.arange(raw.count("train"))
+        test_idx = np.arange(raw.count("test"))
+        if cfg.train_classes is not None:
+            missing = sorted(set(cfg.train_classes) - set(np.unique(labels).tolist()))
+            if missing:
+                raise DataError(f"data.train_classes names classes {missing} that {cfg.name} does not have (labels "
+                                f"0..{int(labels.max())}); fix data.train_classes")
+            official = official[np.isin(labels, cfg.train_classes)]
+            test_idx = test_idx[~np.isin(test_labels, cfg.train_classes)]
+        if cfg.val_classes is not None:
+            from .metric import split_classes
+
+            tr, va = split_classes(labels[official], cfg.val_classes, cfg.split_seed)
+            train_idx, val_idx = official[tr], official[va]
+        else:
+            tr, va = split_train_val(len(official), cfg.val_size, cfg.split_seed)
+            train_idx, val_idx = official[tr], official[va]
         pool = train_idx
         n_unlabeled = raw.count("unlabeled")
         if n_unlabeled:
-            pool = np.concatenate([train_idx, n_train + np.arange(n_unlabeled)])
-        test_idx = _subset(np.arange(raw.count("test")), cfg.test_subset, cfg.split_seed)
-        return cls(
-            cfg=cfg,
-            raw=raw,
-            train_idx=_subset(pool, cfg.train_subset, cfg.split_seed + 1),
-            eval_train_idx=_subset(train_idx, cfg.eval_train_subset, cfg.split_seed + 2),
-            val_idx=val_idx,
-            test_idx=test_idx,
-            method=method,
-        )
+            pool = np.concatenate([train_idx, raw.count("train") + np.arange(n_unlabeled)])
+        bundle = cls(cfg=cfg, raw=raw, train_idx=_subset(pool, cfg.train_subset, cfg.split_seed + 1),
+                     eval_train_idx=_subset(train_idx, cfg.eval_train_subset, cfg.split_seed + 2), val_idx=val_idx,
+                     test_idx=_subset(test_idx, cfg.test_subset, cfg.split_seed), method=method)
+        if cfg.label_fraction is not None:
+            from .labels import split_labelled
+
+            positions = np.flatnonzero(bundle.train_idx < raw.count("train"))  # labelled pool images
+            lab, unl = split_labelled(_pool_labels(raw, bundle.train_idx[positions]), cfg.label_fraction,
+                                      cfg.split_seed + 3)
+            bundle.labelled_idx = bundle.train_idx[positions[lab]]
+            bundle.unlabelled_idx = np.setdiff1d(bundle.train_idx, bundle.labelled_idx)
+        return bundle
 
     @property
     def found_via(self) -> str:
@@ -261,10 +291,21 @@ class DataBundle:
         dataset = SeededDataset(self.view_dataset(clean, method), seed)
         return DataLoader(
             dataset,
-            batch_sampler=EpochBatchSampler(len(dataset), seed, self.cfg.batch_size),
+            batch_sampler=self.batch_sampler(seed),
             num_workers=self.cfg.num_workers,
             persistent_workers=self.cfg.num_workers > 0,
         )
+
+    def batch_sampler(self, seed: int) -> EpochBatchSampler:
+        """Batches of training-pool items: shuffled (:class:`EpochBatchSampler`), or with
+        ``data.images_per_class`` class-balanced (``batch_size / m`` classes x m images,
+        :class:`~ssl_transfer.data.balanced.ClassBalancedBatchSampler`). Both resumable, DDP-aware."""
+        if self.cfg.images_per_class is None:
+            return EpochBatchSampler(len(self.train_idx), seed, self.cfg.batch_size)
+        from .balanced import ClassBalancedBatchSampler
+
+        return ClassBalancedBatchSampler(_pool_labels(self.raw, self.train_idx), self.cfg.images_per_class,
+                                         self.cfg.batch_size, seed)
 
     # ---- evaluation ------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from .base import FileDataset, RawDataset, Source, data_roots  # noqa: F401  (re
 from .cifar import load_cifar
 from .folders import load_image_folder
 from .idx import read_idx
+from .metric import METRIC_SOURCES
 from .stl10 import load_stl10
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -152,10 +153,11 @@ SOURCES: dict[str, Callable[..., Source]] = {
     "imagenet": partial(load_image_folder, "imagenet"),
     "imagenet100": partial(load_image_folder, "imagenet100"),
     "image_folder": partial(load_image_folder, "image_folder"),
+    **METRIC_SOURCES,
 }
 #: Options each source takes beyond root and download (the matching DataConfig keys).
 SOURCE_OPTIONS = {"stl10": ("unlabeled",), "imagenet": ("class_list",), "imagenet100": ("class_list",),
-                  "image_folder": ("class_list",)}
+                  "image_folder": ("class_list",), **{name: ("verify_counts",) for name in METRIC_SOURCES}}
 
 
 def load_raw(name: str, root: str | None = None, download: bool = False, **options) -> Source:
@@ -168,5 +170,6 @@ def load_raw(name: str, root: str | None = None, download: bool = False, **optio
 
 def load_source(cfg) -> Source:
     """The source a :class:`~ssl_transfer.config.DataConfig` names."""
-    return load_raw(cfg.name, cfg.root, cfg.download, class_list=cfg.class_list, unlabeled=cfg.unlabeled)
+    return load_raw(cfg.name, cfg.root, cfg.download, class_list=cfg.class_list, unlabeled=cfg.unlabeled,
+                    verify_counts=cfg.verify_counts)
 
