@@ -5,7 +5,7 @@
 - :func:`summary_table`: mean ± std over seeds per model and group, with paired deltas against
   the teacher and the control; test columns only for final rows (``bench.final``);
 - :func:`verdict`: does ``ours`` beat each of ``others`` on the mean of every given metric;
-- :func:`bar_plot`: one row of panels per group, mean ± std bars per model.
+- :func:`bar_plot`: one row of panels per group, mean ± std bars per model (``controls`` in gray).
 """
 
 from __future__ import annotations
@@ -35,11 +35,12 @@ def choice_table(rows: list[dict]) -> str:
 
 
 def summary_table(rows: list[dict], descriptions: dict[str, str] | None = None, order: list[str] | None = None,
-                  metrics=VAL + TEST, refs=("teacher", "teacher_continued")) -> str:
+                  metrics=VAL + TEST, refs=("teacher", "teacher_continued"), deltas=None) -> str:
+    """``deltas``: the metrics given Δ columns (default: the test metrics shown, else all shown)."""
     agg = aggregate(rows, metrics, refs, order)
     descriptions = descriptions or {}
     shown = [(m, label) for m, label in metrics if any(m in e for g in agg.values() for e in g.values())]
-    delta_metrics = [(m, label) for m, label in shown if m in dict(TEST)] or shown
+    delta_metrics = [(m, label) for m, label in shown if m in dict(deltas or TEST)] or shown
     lines = []
     for group, models in agg.items():
         head = ["model", "seeds", *(label for _, label in shown),
@@ -75,7 +76,7 @@ def verdict(rows: list[dict], ours: str, others: tuple[str, ...], metrics=TEST) 
 
 
 def bar_plot(rows: list[dict], path: str | Path, metrics=TEST, order: list[str] | None = None,
-             highlight=lambda model: model.startswith("relaxed")) -> None:
+             highlight=lambda model: model.startswith("relaxed"), controls=CONTROLS) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -93,7 +94,7 @@ def bar_plot(rows: list[dict], path: str | Path, metrics=TEST, order: list[str] 
             ax = axes[b][j]
             means = [models[m][metric][0] for m in names]
             errs = [models[m][metric][1] or 0.0 for m in names]
-            colors = ["tab:gray" if m in CONTROLS else "tab:blue" if highlight(m) else "tab:orange" for m in names]
+            colors = ["tab:gray" if m in controls else "tab:blue" if highlight(m) else "tab:orange" for m in names]
             ax.barh(range(len(names)), means, xerr=errs, color=colors)
             if "teacher" in models and metric in models["teacher"]:
                 ax.axvline(models["teacher"][metric][0], color="k", lw=0.8, ls="--")

@@ -48,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
                         ".ckpt, torchvision or plain state dict) for the architecture of source.backbone/stem")
     t.add_argument("--prefix", help="prefix of the backbone keys in --teacher, e.g. 'backbone.' "
                                     "(default: detected; '' for none); sets source.weights_prefix")
+    c.add_argument("--teacher", help="teacher instead of the source stage: teacher.pt of a run, or external "
+                                     "backbone weights for source.backbone/stem (a supervised file's fc is its "
+                                     "classifier)")
+    c.add_argument("--prefix", help="prefix of the backbone keys in --teacher (default: detected; '' for none)")
     x = sub.add_parser("export", help="write a checkpoint's backbone as a plain state dict with torchvision keys")
     x.add_argument("checkpoint", help="teacher.pt / student.pt, a Lightning .ckpt (lightly, solo-learn, this "
                                       "project), or a state dict")
@@ -116,8 +120,11 @@ def _run(args) -> int:
         return 0
     if args.command == "pretrain":
         t = results["teacher"]
+        scores = (f"linear {100 * t['linear_acc']:.2f}%, kNN {100 * t['knn_acc']:.2f}% (test split)" if "linear_acc" in t
+                  else f"top-1 {100 * t['top1_acc']:.2f}% (test split)" if "top1_acc" in t
+                  else f"Recall@1 {100 * t['recall@1']:.2f}%, MAP@R {100 * t['map@r']:.2f}% (test classes)")
         print(f"{cfg.source.method} teacher ({results['models']['teacher']['arch']}, {cfg.source.epochs:g} epochs): "
-              f"linear {100 * t['linear_acc']:.2f}%, kNN {100 * t['knn_acc']:.2f}% (test split)")
+              f"{scores}")
         print(f"results written to {out}/ (teacher.pt, results.json, logs/, checkpoints/)")
         return 0
     from .report import report_markdown

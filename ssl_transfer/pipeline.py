@@ -31,7 +31,6 @@ from .io import atomic_write_text
 from .runs import RunDirectory, RunState, run_metadata
 from .runtime import setup_processes, setup_runtime
 from .stages.base import StageContext, StageResult
-from .stages.source import SourceStage
 from .tasks import get_task
 
 
@@ -44,6 +43,14 @@ def prepare(cfg: RunConfig, bundle: DataBundle | None = None) -> DataBundle:
     setup_runtime(cfg)
     setup_processes(cfg)
     return bundle
+
+
+def check_task(task, cfg: RunConfig, bundle: DataBundle) -> None:
+    """The task's own checks of config against data (``task.check``, e.g. classify: the labelled
+    images fill a batch), before the run directory is touched."""
+    check = getattr(task, "check", None)
+    if check is not None:
+        check(cfg, bundle)
 
 
 def run_stage(state: RunState, ctx: StageContext, stage, **inputs) -> StageResult:
@@ -77,6 +84,7 @@ def run(cfg: RunConfig, out_dir: str | os.PathLike, overwrite: bool = False, bun
     bundle = prepare(cfg, bundle)
     task = get_task(cfg.task)
     stages = task.plan(cfg)
+    check_task(task, cfg, bundle)
     if resume:
         RunState.check_resume(out_dir, cfg, teacher_path)  # before the teacher is read
     given = stages.source.from_file(teacher_path, bundle) if teacher_path else None
@@ -131,13 +139,17 @@ def pretrain(cfg: RunConfig, out_dir: str | os.PathLike, overwrite: bool = False
     ``teacher`` block like :func:`run`'s. Returns the results (None in a DDP worker process)."""
     start = time.perf_counter()
     bundle = prepare(cfg)
-    source = SourceStage(cfg)
+    task = get_task(cfg.task)
+    source = task.plan(cfg).source  # SourceStage for ssl; the task's own source stage otherwise
+    check_task(task, cfg, bundle)
     with RunDirectory.open(out_dir, overwrite, resume) as rd:
         state = (RunState.resume if resume else RunState.start)(rd, cfg, None, start)
         teacher = run_stage(state, StageContext(cfg, bundle, rd, resume), source)
         if not is_global_zero():
             return None
-        results: dict[str, Any] = {"teacher": evaluate(teacher.backbone, bundle, cfg)}
+        evaluate_source = getattr(task, "evaluate_source", None)  # task metric: retrieval on unseen classes
+        results: dict[str, Any] = {"teacher": evaluate_source(cfg, bundle, teacher) if evaluate_source
+                                   else evaluate(teacher.backbone, bundle, cfg)}
         timings = {**state.finished, "eval": results["teacher"]["eval_s"]}
         results.update(run_metadata(cfg, bundle, {"teacher": teacher.spec.to_dict()}))
         results.update({"method": cfg.source.method, "teacher_checkpoint": str(rd.final(source.artifact)),

@@ -35,7 +35,20 @@ def model_rows(results: dict) -> list[tuple[str, dict]]:
     return [(name, _get(results, key)) for name, key in ROWS if _get(results, key) is not None]
 
 
+def _task_hook(results: dict, name: str):
+    """The task module's own ``report_markdown`` / ``write_plots`` (task metric), or None."""
+    task = (results.get("config") or {}).get("task", "ssl")
+    if task == "ssl":
+        return None
+    from .tasks import get_task
+
+    return getattr(get_task(task), name, None)
+
+
 def report_markdown(results: dict) -> str:
+    custom = _task_hook(results, "report_markdown")
+    if custom is not None:
+        return custom(results)
     cfg = results["config"]
     t = results["timings_s"]
     teacher = results["teacher"]
@@ -87,33 +100,53 @@ def _loss_curve(csv_path: Path):
     return steps, losses
 
 
-def write_plots(results: dict, run_dir) -> list[Path]:
-    """plots/loss_curves.png, plots/accuracy.png (and plots/knn_monitor.png) of a run directory
-    (:class:`ssl_transfer.runs.RunDirectory`: the files are registered in its manifest)."""
+def plot_target(run_dir, name: str) -> Path:
+    """``plots/<name>`` of a run directory (registered in its manifest), its folder created."""
+    path = run_dir.path(f"plots/{name}")
+    path.parent.mkdir(exist_ok=True)
+    return path
+
+
+def save_figure(fig, run_dir, name: str) -> Path:
+    """Save ``fig`` as ``plots/<name>`` of ``run_dir`` and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = plot_target(run_dir, name)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def loss_curves_plot(run_dir) -> list[Path]:
+    """plots/loss_curves.png: the training loss of every stage logged under ``logs/`` (every task)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def target(name: str) -> Path:
-        path = run_dir.path(f"plots/{name}")
-        path.parent.mkdir(exist_ok=True)
-        return path
+    stages = sorted((run_dir.work / "logs").glob("*/metrics.csv"))
+    if not stages:
+        return []
+    fig, axes = plt.subplots(1, len(stages), figsize=(4.2 * len(stages), 3.2), squeeze=False)
+    for ax, path in zip(axes[0], stages):
+        ax.plot(*_loss_curve(path), lw=1)
+        ax.set(title=path.parent.name, xlabel="step", ylabel="training loss")
+    return [save_figure(fig, run_dir, "loss_curves.png")]
 
-    written = []
-    stages = [p for p in sorted((run_dir.work / "logs").glob("*/metrics.csv"))]
-    if stages:
-        fig, axes = plt.subplots(1, len(stages), figsize=(4.2 * len(stages), 3.2), squeeze=False)
-        for ax, path in zip(axes[0], stages):
-            steps, losses = _loss_curve(path)
-            ax.plot(steps, losses, lw=1)
-            ax.set_title(path.parent.name)
-            ax.set_xlabel("step")
-            ax.set_ylabel("training loss")
-        fig.tight_layout()
-        written.append(target("loss_curves.png"))
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+
+def write_plots(results: dict, run_dir) -> list[Path]:
+    """plots/loss_curves.png, plots/accuracy.png (and plots/knn_monitor.png) of a run directory
+    (:class:`ssl_transfer.runs.RunDirectory`: the files are registered in its manifest)."""
+    custom = _task_hook(results, "write_plots")
+    if custom is not None:
+        return custom(results, run_dir)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = loss_curves_plot(run_dir)
     monitor = {k: v for k, v in (results.get("monitor") or {"stages": {}})["stages"].items() if v}
     if monitor:
         fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -122,10 +155,7 @@ def write_plots(results: dict, run_dir) -> list[Path]:
         ax.set_xlabel("step of the stage")
         ax.set_ylabel("val kNN accuracy (%)")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        written.append(target("knn_monitor.png"))
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+        written.append(save_figure(fig, run_dir, "knn_monitor.png"))
     rows = model_rows(results)
     fig, ax = plt.subplots(figsize=(7.5, 3.5))
     width = 0.8 / len(rows)
@@ -139,10 +169,7 @@ def write_plots(results: dict, run_dir) -> list[Path]:
     ax.set_ylabel("test accuracy (%)")
     # the legend sits outside the axes, where it cannot cover a bar or its label
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
-    fig.tight_layout()
-    written.append(target("accuracy.png"))
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
+    written.append(save_figure(fig, run_dir, "accuracy.png"))
     return written
 
 

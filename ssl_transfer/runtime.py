@@ -120,6 +120,29 @@ class ElapsedTime(L.Callback):
         self.start = time.perf_counter()
 
 
+class PendingLogRow(L.Callback):
+    """Keeps the loss curve whole across a kill. A checkpoint written in ``on_train_batch_end``
+    precedes Lightning's logging of that step's row, so a run killed in between would lose the row:
+    the checkpoint carries it (``pending_log_row``) and :func:`fit` puts it back on ``--resume``."""
+
+    def __init__(self):
+        self.restored: dict | None = None
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        from lightning.fabric.utilities.apply_func import convert_tensors_to_scalars
+
+        loop, connector = trainer.fit_loop.epoch_loop, trainer._logger_connector
+        progress = loop.batch_progress.current
+        if progress.ready > progress.completed and connector.should_update_logs:  # inside on_train_batch_end
+            row = convert_tensors_to_scalars(connector.metrics["log"])
+            if row:
+                checkpoint["pending_log_row"] = {"step": loop._batches_that_stepped,
+                                                 "epoch": trainer.current_epoch, **row}
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self.restored = checkpoint.get("pending_log_row")
+
+
 def make_trainer(cfg: RunConfig, run_dir: Path, stage: str, max_steps: int, callbacks=()) -> L.Trainer:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
@@ -168,8 +191,8 @@ def fit(cfg: RunConfig, run_dir: Path, stage: str, module: L.LightningModule, lo
     """
     L.seed_everything(seed, workers=True, verbose=False)
     steps = steps_for(epochs, len(loader))
-    clock = ElapsedTime()
-    trainer = make_trainer(cfg, run_dir, stage, steps, [clock, *([monitor] if monitor is not None else [])])
+    clock, pending = ElapsedTime(), PendingLogRow()
+    trainer = make_trainer(cfg, run_dir, stage, steps, [clock, pending, *([monitor] if monitor is not None else [])])
     batches = getattr(loader, "batch_sampler", None)
     if isinstance(batches, EpochBatchSampler) or hasattr(batches, "position"):
         per_epoch = len(loader)
@@ -183,17 +206,20 @@ def fit(cfg: RunConfig, run_dir: Path, stage: str, module: L.LightningModule, lo
     trainer.fit(module, train_dataloaders=loader, ckpt_path=ckpt_path)
     module.float()  # trainer.precision 64-true / 16-true train in that dtype; models are saved and evaluated in float32
     if old_log is not None:
-        _merge_logs(log_file, old_log)
+        _merge_logs(log_file, old_log, pending.restored)
     return clock.seconds()
 
 
-def _merge_logs(log_file: Path, old_text: str) -> None:
+def _merge_logs(log_file: Path, old_text: str, pending: dict | None = None) -> None:
     """Lightning's CSV logger starts a fresh file on resume: put back the rows logged before the
-    checkpoint (steps below the first step logged after resuming)."""
+    checkpoint (steps below the first step logged after resuming), and the checkpoint's own step
+    when the kill came before its row was written (``pending``, :class:`PendingLogRow`)."""
     new_rows = list(csv.DictReader(io.StringIO(log_file.read_text()))) if log_file.is_file() else []
     old_rows = list(csv.DictReader(io.StringIO(old_text)))
     first_new = min((int(r["step"]) for r in new_rows), default=None)
     kept = [r for r in old_rows if first_new is None or int(r["step"]) < first_new]
+    if pending and all(int(r["step"]) != pending["step"] for r in kept + new_rows):
+        kept = sorted([*kept, {k: str(v) for k, v in pending.items()}], key=lambda r: int(r["step"]))
     fields = sorted({k for r in kept + new_rows for k in r})
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields)

@@ -8,6 +8,14 @@ ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def checkpoint_step(path) -> int:
+    """The global step of a Lightning checkpoint being written by another process (-1: not there yet)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)["global_step"]
+    except Exception:  # not there yet, or half written
+        return -1
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT

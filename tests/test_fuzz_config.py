@@ -25,13 +25,18 @@ ZERO_MEANS_SOMETHING = {  # zero is a documented setting of these keys
     "data.random_gray_scale", "data.gaussian_blur", "source.optimizer.momentum", "source.optimizer.weight_decay",
     "source.optimizer.warmup_fraction", "source.moco_momentum", "transfer.memory_size",
     "transfer.optimizer.momentum", "transfer.optimizer.weight_decay", "transfer.optimizer.warmup_fraction",
-    "eval.knn_monitor_every", "trainer.checkpoint_every_n_steps"}
+    "eval.knn_monitor_every", "trainer.checkpoint_every_n_steps",
+    "classify.loss_weight", "classify.kd_weight", "classify.optimizer.momentum", "classify.optimizer.weight_decay",
+    "classify.optimizer.warmup_fraction", "metric.warmup_epochs", "metric.select_every"}
 VALID = {
     **{(k, "zero"): "zero is a documented setting" for k in ZERO_MEANS_SOMETHING},
     ("source.weights_prefix", "empty string"): "'' means the keys have no prefix",
     ("source.weights_prefix", "text"): "any prefix",
+    # a file name; task metric checks that it is a file when a run starts (tests/test_metric_task.py)
+    ("metric.imagenet_weights", "text"): "any file name", ("metric.student_imagenet_weights", "text"): "any file name",
     ("eval.linear_Cs", "wrong type"): "[1, 2] is a valid grid",
     ("eval.recall_ks", "wrong type"): "[1, 2] is a valid list of K",
+    ("data.train_classes", "wrong type"): "[1, 2] is a valid list of training classes",
     ("trainer.devices", "negative"): "-1 means every device (Lightning)",
     # the relaxed loss is defined for every positive bandwidth and margin: on unit teacher vectors a
     # huge sigma makes every pair a positive, a huge delta pushes every pair; both compute finitely

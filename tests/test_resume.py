@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+from conftest import checkpoint_step
 
 from ssl_transfer.cli import main
 
@@ -21,13 +22,6 @@ METRICS = ("linear_acc", "knn_acc", "val_linear_acc", "val_knn_acc")
 def cmd(repo_root, out, *extra):
     return [sys.executable, "-m", "ssl_transfer", "run", str(repo_root / "configs" / "smoke.yaml"),
             "--out", str(out), "--set", *SETTINGS, *extra]
-
-
-def checkpoint_step(path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)["global_step"]
-    except Exception:  # not there yet
-        return -1
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +147,47 @@ def test_resume_refuses_another_teacher_than_the_interrupted_runs(repo_root, tmp
     assert code == 2 and "trained its own teacher" in err and len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in out.rglob("*")) == before
 
+
+
+def test_a_checkpoint_carries_its_steps_log_row_written_after_it(tmp_path):
+    """Lightning writes a step's checkpoint before that step's log row: the checkpoint carries the
+    row (equal to the one the CSV gets), and a resume after a kill in between puts it back."""
+    import lightning as L
+
+    from ssl_transfer.config import config_from_dict
+    from ssl_transfer.runtime import _merge_logs, make_trainer
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Linear(3, 1)
+
+        def training_step(self, batch, _):
+            loss = self.w(batch).pow(2).mean()
+            self.log("train_loss", loss)
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    from ssl_transfer.runtime import PendingLogRow
+
+    cfg = config_from_dict({"trainer": {"log_every_n_steps": 1, "checkpoint_every_n_steps": 1,
+                                        "enable_progress_bar": False}})
+    torch.manual_seed(0)
+    loader = torch.utils.data.DataLoader(torch.randn(40, 3), batch_size=8)
+    trainer = make_trainer(cfg, tmp_path, "tiny", 4, [PendingLogRow()])
+    trainer.fit(Tiny(), train_dataloaders=loader)
+    log = tmp_path / "logs" / "tiny" / "metrics.csv"
+    rows = list(csv.DictReader(log.open()))
+    ckpt = torch.load(tmp_path / "checkpoints" / "tiny" / "last.ckpt", map_location="cpu", weights_only=False)
+    pending = ckpt["pending_log_row"]
+    assert pending["step"] == ckpt["global_step"] - 1 == 3
+    assert pending["train_loss"] == pytest.approx(float(rows[3]["train_loss"]), rel=1e-6)
+    # a kill after step 3's checkpoint and before its row: the resumed log has no step 3 ...
+    old = "".join([log.read_text().splitlines(True)[0], *log.read_text().splitlines(True)[1:4]])
+    header = log.read_text().splitlines(True)[0]
+    log.write_text(header + ",".join({"epoch": "0", "step": "4"}.get(k, "0.5") for k in header.strip().split(",")) + "\n")
+    _merge_logs(log, old, pending)
+    steps = [int(r["step"]) for r in csv.DictReader(log.open())]
+    assert steps == [0, 1, 2, 3, 4]  # ... and gets it back from the checkpoint

@@ -177,6 +177,12 @@ class SourceConfig:
             raise ConfigError(f"source.method = {self.method} belongs to task "
                               f"{'classify' if self.method == 'supervised' else 'metric'}; the ssl task's teacher is "
                               "simclr or mocov2")
+        if self.method == "supervised" and root.task != "classify":
+            raise ConfigError(f"source.method = supervised (a cross-entropy teacher) belongs to task classify, not "
+                              f"{root.task}; set task: classify or another source.method")
+        if root.task == "classify" and self.method == "proxy_anchor":
+            raise ConfigError("source.method = proxy_anchor belongs to task metric; the classify task's teacher is "
+                              "simclr, mocov2 or supervised")
         if self.method == "mocov2" and self.moco_queue_size < root.data.batch_size:
             raise ConfigError(
                 f"source.moco_queue_size = {self.moco_queue_size} is smaller than data.batch_size = "

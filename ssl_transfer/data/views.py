@@ -18,6 +18,9 @@ stl10                     SimCLR: cj_strength 0.5 (lightly has no STL-10 benchma
                           cj_strength=0.5)``); MoCo v2: lightly's defaults. Input 96 (native).
 imagenet, imagenet100,    lightly's defaults at 224 (its ImageNet benchmarks: ``SimCLRTransform()``,
 image_folder              ``MoCoV2Transform()``)
+cub, cars, sop            the metric-learning augmentation of the Proxy-Anchor / LabelRelaxation code:
+                          RandomResizedCrop(input_size, scale 0.08-1) + horizontal flip; no colour
+                          jitter, grayscale or blur (input 224)
 ========================  =========================================================================
 
 Keys given explicitly (the ``data.*`` augmentation keys of the config) override the preset.
@@ -42,6 +45,8 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
                "hf_prob": 0.5},
 }
 
+#: Metric learning (Proxy-Anchor and LabelRelaxation code): RandomResizedCrop + flip only.
+_METRIC = {"min_scale": 0.08, "cj_prob": 0.0, "random_gray_scale": 0.0, "gaussian_blur": 0.0}
 _GRAY = {"min_scale": 0.25, "cj_strength": 0.5, "random_gray_scale": 0.0, "gaussian_blur": 0.0}
 #: Per (dataset, method) changes to METHOD_DEFAULTS.
 DATASET_ADJUSTMENTS: dict[str, dict[str, dict[str, Any]]] = {
@@ -53,6 +58,9 @@ DATASET_ADJUSTMENTS: dict[str, dict[str, dict[str, Any]]] = {
     "imagenet": {"simclr": {}, "mocov2": {}},
     "imagenet100": {"simclr": {}, "mocov2": {}},
     "image_folder": {"simclr": {}, "mocov2": {}},
+    "cub": {"simclr": _METRIC, "mocov2": _METRIC},
+    "cars": {"simclr": _METRIC, "mocov2": _METRIC},
+    "sop": {"simclr": _METRIC, "mocov2": _METRIC},
 }
 
 #: The keys a config may override (``data.<key>``; None keeps the preset).
