@@ -10,9 +10,11 @@ one or more teacher budgets, over seeds; linear probe and kNN, mean ± std.
 Per teacher budget (``source.epochs``) and seed: the teacher (trained, or ``--teacher
 EPOCHS:SEED=PATH``), then every model of :data:`MODELS`, trained from it for the config's
 ``transfer.epochs`` on the same batches: "teacher continued", students of each transfer loss (no
-cross-batch memory, so the losses are compared alone), relaxed contrastive with cross-batch memory,
+cross-batch memory, as in the quickstart, so the losses are compared alone), relaxed contrastive
+with a cross-batch memory of 2048 (``relaxed_s3_mem``; the quickstart runs without memory),
 dimension reduction (512 -> 64 linear head; its 64-d embedding and its backbone) and compression (a
-small CNN from scratch, next to the same CNN trained by SimCLR for the same steps). Training rows
+small CNN from scratch, next to the same CNN trained by the teacher's SSL method, SimCLR or MoCo v2,
+for the same steps). Training rows
 hold validation numbers only (``OUT/choices.jsonl``); ``bench.final`` adds the test split, once,
 and ``--render`` tabulates the final rows (mean ± std; paired deltas against the teacher and the
 control of the same seed).

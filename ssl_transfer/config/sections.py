@@ -75,7 +75,7 @@ class DataConfig:
     eval_batch_size: int = opt(1024, ge=1)
     num_workers: int = opt(1, ge=0, le=256)
     #: Augmented views per image; views are stacked [view0 of all images; view1 of all; ...].
-    views: int = opt(2, ge=2, le=64, hint="SimCLR and the transfer stage need data.views >= 2")
+    views: int = opt(2, ge=2, le=64, hint="SSL (SimCLR / MoCo v2) and the transfer stage need data.views >= 2")
     #: View augmentations below: None takes the preset of the dataset and source.method
     #: (ssl_transfer/data/views.py; Fashion-MNIST: 0.25, 0.8, 0.5, 0.5, 0.0, 0.0 in this order).
     #: Smallest crop area of RandomResizedCrop (lightly's SimCLRTransform ``min_scale``).
@@ -205,7 +205,8 @@ class TransferConfig:
     #: add them to every batch's pairs (0: off). Relaxed contrastive, PKT and DarkRank only.
     memory_size: int = opt(0, ge=0)
     epochs: float = opt(1.0, gt=0, le=1e5)
-    #: Teacher output transferred: backbone feature or SimCLR projection output.
+    #: Teacher output transferred: backbone feature or the output of the SSL (SimCLR / MoCo v2)
+    #: projection head.
     teacher_output: Literal["backbone", "projection"] = "backbone"
     #: What the teacher embeds: the same augmented views as the student (``augmented``)
     #: or the un-augmented image (``clean``), shared by all views of that image (w = 1 between
@@ -252,9 +253,10 @@ class EvalConfig:
 
     knn_k: int = opt(200, ge=1)
     knn_temperature: float = opt(0.1, gt=0, le=100)
-    #: Inverse regularisation strengths of the logistic-regression probe; the one with the best
-    #: validation accuracy is evaluated once on the test split. When the best is at an edge, the
-    #: grid is extended on that side until it lies inside (linear_eval.linear_probe).
+    #: Inverse regularisation strengths of the logistic-regression probe, one fit per C on the
+    #: training features; the fit with the best validation accuracy is evaluated once on the test
+    #: split as it is (not refitted on train + val). When the best C is at an edge, the grid is
+    #: extended on that side until it lies inside (linear_eval.linear_probe).
     linear_Cs: list[float] = opt(factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0], gt=0)
     #: Iteration cap of each L-BFGS fit; fits stop at a gradient tolerance of 1e-4 first.
     linear_max_iter: int = opt(2000, ge=1)

@@ -29,8 +29,9 @@ from .source import transfer_data_seed
 class FrozenTeacher(nn.Module):
     """The teacher's embedding function, frozen: eval mode always, no parameter gradients.
 
-    Returns the backbone's features, passed through ``projection_head`` as well when one is
-    given (``transfer.teacher_output: projection``); ``out_dim`` is the output width.
+    Returns the features of (a copy of) ``backbone``, ``feat_dim`` wide, passed through (a copy
+    of) ``projection_head`` as well when one is given (``transfer.teacher_output: projection``),
+    then ``proj_dim`` wide. The attribute ``out_dim`` is the output width.
     """
 
     def __init__(self, backbone: nn.Module, feat_dim: int, projection_head: nn.Module | None = None,
