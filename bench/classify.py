@@ -11,7 +11,8 @@ One command runs four steps, each resumable (a rerun skips what ``OUT`` already 
 1. **teachers**: per seed, the quickstart's source stage (configs/quickstart.yaml: SimCLR
    ResNet-18, 0.8 epochs, batch 256), trained once and shared by both label fractions (or
    ``--teacher SEED=PATH``); per (fraction, seed) its linear probe on the labelled images;
-2. **choose** (validation split only, seed ``--choose-seed``): per fraction, every candidate of
+2. **choose** (validation split only, seed ``--choose-seed``, label fraction ``--choose-fraction``,
+   default the first; its choices apply to every fraction): every candidate of
    :data:`GRIDS` (lambda and sigma of the relaxed loss, lambda again with unlabelled images, the KD
    temperature, lambda of RKD / PKT, the fine-tuning learning rate) is trained; the one with the
    best val top-1 is kept (``OUT/chosen.json``);
@@ -65,9 +66,6 @@ ROWS: dict[str, tuple[str, str, list[str], tuple[str, ...]]] = {
     "relaxed": ("CE + relaxed contrastive", "student", ["classify.unlabelled=false"], ("relaxed",)),
     "relaxed_unl": ("CE + relaxed contrastive, + unlabelled images", "student", ["classify.unlabelled=true"],
                     ("relaxed_unl",)),
-    "relaxed_unl_ft": ("teacher fine-tuned with CE + relaxed contrastive, + unlabelled images", "student",
-                       ["classify.unlabelled=true", "classify.student_init=teacher"],
-                       ("relaxed_unl", "teacher_finetuned")),
     "ce_only_small": ("compression control: small CNN, CE only", "ce_only", [*NO_TEACHER, *SMALL], ()),
     "compression": ("compression: small CNN, CE + relaxed, + unlabelled images", "student",
                     ["classify.unlabelled=true", *SMALL], ("relaxed_unl",)),
@@ -104,6 +102,8 @@ ABLATIONS: dict[str, tuple[str, list[str]]] = {
     "abl_ratio7": ("7 unlabelled images per labelled one (instead of 3)", ["classify.unlabelled_ratio=7"]),
 }
 ORDER = list(ROWS)
+#: rows run at these label fractions only (the CPU budget: compression is measured at 1 % labels)
+ONLY_AT = {"ce_only_small": (0.01,), "compression": (0.01,)}
 QUICK = ["data.train_subset=600", "data.val_size=200", "data.test_subset=200", "data.num_workers=0",
          "classify.batch_size=16", "classify.epochs=1", "classify.unlabelled_ratio=1",
          "eval.linear_Cs=[1.0]", "trainer.num_threads=1"]
@@ -141,8 +141,10 @@ def choose(engine: Engine, fraction: float, seed: int, rows: list[dict], record,
 
 def run(out: Path, seeds: list[int], fractions: list[float], choose_seed: int, teachers: dict[int, str],
         overrides: list[str], teacher_overrides: list[str], only: list[str] | None = None,
-        grids: dict[str, dict[str, list[str]]] = GRIDS, steps: int = STEPS) -> list[dict]:
-    """Steps 1-3 of the module docstring; returns the choice rows."""
+        grids: dict[str, dict[str, list[str]]] = GRIDS, steps: int = STEPS,
+        choose_fraction: float | None = None) -> list[dict]:
+    """Steps 1-3 of the module docstring; returns the choice rows. The grids run at one label
+    fraction (``choose_fraction``, default the first) and its choices apply to every fraction."""
     engine = Engine(out, CONFIG, overrides, teacher_overrides, teachers, steps)
     rows = read_rows(out / "choices.jsonl")
     done = {key(r) for r in rows}
@@ -154,12 +156,15 @@ def run(out: Path, seeds: list[int], fractions: list[float], choose_seed: int, t
         print({k: row[k] for k in ("group", "seed", "model", "val_top1_acc", "train_s")}, flush=True)
 
     chosen = engine.load_chosen()
-    for fraction in fractions:
-        choose(engine, fraction, choose_seed, rows, record, chosen, grids)
+    choose_at = fractions[0] if choose_fraction is None else choose_fraction
+    choose(engine, choose_at, choose_seed, rows, record, chosen, grids)
+    for fraction in fractions:  # the other fractions take the choices made at ``choose_at``
+        if group(fraction) not in chosen or fraction == choose_at:
+            chosen[group(fraction)] = chosen[group(choose_at)]
     for fraction, seed in itertools.product(fractions, seeds):
         g = group(fraction)
         for model, (_, role, base, grids) in ROWS.items():
-            if (g, seed, model) in done or (only and model not in only):
+            if (g, seed, model) in done or (only and model not in only) or fraction not in ONLY_AT.get(model, (fraction,)):
                 continue
             extra = [o for grid in grids for o in chosen[g][grid]["overrides"]]
             same = next((r for r in rows if len(grids) == 1 and r["group"] == g and r["seed"] == seed
@@ -254,6 +259,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1])
     ap.add_argument("--choose-seed", type=int, default=0, help="seed whose val split chooses lambda, sigma, T")
+    ap.add_argument("--choose-fraction", type=float, help="label fraction whose val split chooses (default: the first)")
     ap.add_argument("--steps", type=int, default=STEPS, help="optimizer steps of every model (the CPU budget)")
     ap.add_argument("--teacher", action="append", default=[], metavar="SEED=PATH", help="a quickstart teacher.pt")
     ap.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], help="overrides of every row")
@@ -287,7 +293,7 @@ def main(argv=None) -> int:
     grids = {g: dict(list(c.items())[:2 if g == "relaxed" else 1]) for g, c in GRIDS.items()} if args.quick else GRIDS
     overrides = [*(QUICK if args.quick else []), *args.overrides]
     run(out, args.seeds, args.fractions, args.choose_seed, teachers, overrides, QUICK_TEACHER if args.quick else [],
-        args.only, grids, args.steps if not args.quick else 6)
+        args.only, grids, args.steps if not args.quick else 6, args.choose_fraction)
     if args.ablate:
         ablate(out, args.fractions, args.choose_seed, teachers, overrides, QUICK_TEACHER if args.quick else [],
                args.steps if not args.quick else 6)

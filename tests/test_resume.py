@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import checkpoint_step
+from conftest import checkpoint_step, snapshot
 
 from ssl_transfer.cli import main
 
@@ -106,13 +106,22 @@ def test_mocov2_source_stage_killed_mid_epoch_resumes_with_its_queue(repo_root, 
         assert resumed["teacher"][key] == pytest.approx(reference["teacher"][key], abs=1e-6), key
 
 
-def test_resume_refuses_a_changed_config(repo_root, tmp_path, reference, capsys):
+def test_resume_refuses_a_changed_config(repo_root, tmp_path, capsys):
+    """run.json records the resolved config (a real run's round trip is resumed in the SIGKILL
+    test above); --resume with another setting is refused, naming the key, with nothing written."""
+    from ssl_transfer.config import load_config
+
+    smoke = repo_root / "configs" / "smoke.yaml"
     out = tmp_path / "run"
-    assert main(["run", str(repo_root / "configs" / "smoke.yaml"), "--out", str(out), "--set", *SETTINGS,
-                 "source.epochs=0.25"]) == 0
-    code = main(["run", str(repo_root / "configs" / "smoke.yaml"), "--out", str(out), "--resume",
+    out.mkdir()
+    state = {"config": load_config(smoke, [*SETTINGS, "source.epochs=0.25"]).to_dict(), "finished": {},
+             "status": "running"}
+    (out / "run.json").write_text(json.dumps(state))
+    before = snapshot(out)
+    code = main(["run", str(smoke), "--out", str(out), "--resume",
                  "--set", *SETTINGS, "source.epochs=0.25", "transfer.loss_args.sigma=2"])
     assert code == 2 and "differs from the interrupted run's at 'transfer.loss_args.sigma'" in capsys.readouterr().err
+    assert snapshot(out) == before
 
 
 def test_resume_needs_a_run(repo_root, tmp_path, capsys):
