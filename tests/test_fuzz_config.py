@@ -12,6 +12,7 @@ import dataclasses
 import typing
 
 import pytest
+import yaml
 from conftest import TINY_RUN, snapshot
 
 from ssl_transfer.cli import main
@@ -59,10 +60,15 @@ CASES = [(key, kind) for key in KEYS for kind in KINDS if (key, kind) not in VAL
 
 
 def test_the_valid_exceptions_are_valid():
+    """Each listed exception builds a config that holds exactly the given value."""
     for key, kind in VALID:
         data: dict = {}
         apply_overrides(data, [f"{key}={KINDS[kind]}"])
-        config_from_dict(data)
+        node = config_from_dict(data)
+        for part in key.split("."):
+            node = node[part] if isinstance(node, dict) else getattr(node, part)
+        given = yaml.safe_load(KINDS[kind])
+        assert node == (float(given) if isinstance(node, float) else given), (key, kind, node)
 
 
 @pytest.mark.parametrize("key", KEYS)
