@@ -27,8 +27,9 @@ from torch import nn
 from linear_eval import extract_features, knn_accuracy
 
 
-class _Cast(nn.Module):
-    """Feed float32 loader batches to a model trained in another dtype (trainer.precision 64-true)."""
+class Cast(nn.Module):
+    """Feed float32 loader batches to a model trained in another dtype (trainer.precision 64-true)
+    and return float32 outputs (the kNN monitor, the metric stage's checkpoint choice)."""
 
     def __init__(self, model: nn.Module, dtype: torch.dtype):
         super().__init__()
@@ -73,7 +74,7 @@ class KNNMonitor(L.Callback):
         """Validation kNN accuracy of the monitored backbone now (no state changes)."""
         backbone = self.backbone_of(pl_module)
         param = next(backbone.parameters())
-        model = backbone if param.dtype == torch.float32 else _Cast(backbone, param.dtype)
+        model = backbone if param.dtype == torch.float32 else Cast(backbone, param.dtype)
         rng = torch.get_rng_state()
         try:
             bank_x, bank_y = extract_features(model, self.bank_loader, param.device)

@@ -32,20 +32,9 @@ from torch import nn
 from linear_eval import extract_features, nmi, retrieval_metrics
 
 from ..io import atomic_write_text
+from ..monitor import Cast
 from ..runtime import fit, stage_outputs, steps_for
 from .base import StageContext
-
-
-class _Float32(nn.Module):
-    """Feed float32 loader batches to a network trained in another dtype (``trainer.precision``
-    64-true) and return float32 embeddings."""
-
-    def __init__(self, net: nn.Module, dtype: torch.dtype):
-        super().__init__()
-        self.net, self.dtype = net, dtype
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.to(self.dtype)).float()
 
 
 def embedding_net(model: nn.Module) -> nn.Module:
@@ -55,7 +44,7 @@ def embedding_net(model: nn.Module) -> nn.Module:
     net = getattr(model, "student", None) or getattr(model, "net", None) or model
     embed = nn.Sequential(net.backbone, net.head)
     dtype = next(embed.parameters()).dtype
-    return embed if dtype == torch.float32 else _Float32(embed, dtype)
+    return embed if dtype == torch.float32 else Cast(embed, dtype)
 
 
 def split_metrics(net: nn.Module, bundle, cfg, split: str, device=None, with_nmi: bool | None = None) -> dict:
