@@ -42,9 +42,12 @@ def cifar_sized(n_train: int = 6000, n_test: int = 1000, seed: int = 0) -> RawDa
                       mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25], location="generated")
 
 
-def intervals(module, loader, steps: int) -> list[float]:
-    """Seconds from each batch's start to the next one's (data waiting included), ``steps`` steps."""
+def intervals(module, loader, steps: int, channels_last: bool = False) -> list[float]:
+    """Seconds from each batch's start to the next one's (data waiting included), ``steps`` steps;
+    with the runner's channels_last layout when asked (``trainer.channels_last``)."""
     import lightning as L
+
+    from ssl_transfer.runtime import ChannelsLast
 
     starts: list[float] = []
 
@@ -58,7 +61,7 @@ def intervals(module, loader, steps: int) -> list[float]:
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=-1, max_steps=steps, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0, limit_val_batches=0, use_distributed_sampler=False,
-                        callbacks=[Clock()])
+                        callbacks=[Clock(), *([ChannelsLast()] if channels_last else [])])
     trainer.fit(module, train_dataloaders=loader)
     return [b - a for a, b in itertools.pairwise(starts)]
 
@@ -83,8 +86,9 @@ def measure(cfg, bundle, steps: int, warmup: int) -> dict:
         real = bundle.train_loader(cfg.seed, clean=clean)
         batches = list(itertools.islice(iter(bundle.train_loader(cfg.seed, clean=clean)), steps))
         pre = torch.utils.data.DataLoader(batches, batch_size=None)
-        t_real = intervals(make(), real, steps)[warmup:]
-        t_pre = intervals(make(), pre, steps)[warmup:]
+        cl = cfg.trainer.channels_last
+        t_real = intervals(make(), real, steps, cl)[warmup:]
+        t_pre = intervals(make(), pre, steps, cl)[warmup:]
         images = cfg.data.batch_size
         out[kind] = {"real_median_s": statistics.median(t_real), "preloaded_median_s": statistics.median(t_pre),
                      "ratio": statistics.median(t_real) / statistics.median(t_pre),

@@ -149,15 +149,19 @@ def _timer_callback():
     return _Cb()
 
 
-def fit_steps(module, batch: dict, steps: int) -> list[float]:
-    """``steps`` training steps of ``module`` on ``batch`` (the same batch every step)."""
+def fit_steps(module, batch: dict, steps: int, channels_last: bool = False) -> list[float]:
+    """``steps`` training steps of ``module`` on ``batch`` (the same batch every step), with the
+    runner's channels_last layout when asked (``trainer.channels_last``)."""
     import lightning as L
     from torch.utils.data import DataLoader
+
+    from ssl_transfer.runtime import ChannelsLast
 
     timer = _timer_callback()
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=-1, max_steps=steps, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, limit_val_batches=0, callbacks=[timer])
+                        num_sanity_val_steps=0, limit_val_batches=0,
+                        callbacks=[timer, *([ChannelsLast()] if channels_last else [])])
     trainer.fit(module, train_dataloaders=DataLoader([batch] * steps, batch_size=None))
     return timer.times
 
@@ -197,13 +201,19 @@ def bench_step(config: str, overrides: list[str], warmup: int, rounds: int, per_
     fill = -(-tc.memory_size // (views * cfg.data.batch_size)) if tc.memory_size else 0
     warm = max(warmup, fill + 1)
     steps: dict[str, list[float]] = {"simclr_step": [], "transfer_step": []}
+    cl = cfg.trainer.channels_last
     for _ in range(rounds):
-        steps["simclr_step"] += fit_steps(simclr_module(), copy.deepcopy(batch), warm + per_round)[warm:]
-        steps["transfer_step"] += fit_steps(transfer_module(), copy.deepcopy(batch), warm + per_round)[warm:]
+        steps["simclr_step"] += fit_steps(simclr_module(), copy.deepcopy(batch), warm + per_round, cl)[warm:]
+        steps["transfer_step"] += fit_steps(transfer_module(), copy.deepcopy(batch), warm + per_round, cl)[warm:]
 
     # pieces, on the same batch and modules (no Lightning): what the ratio is made of
     x = torch.cat(batch["views"])
     simclr, transfer = simclr_module(), transfer_module()
+    if cl:
+        from ssl_transfer.runtime import ChannelsLast
+
+        for module in (simclr, transfer):
+            ChannelsLast._layout(module, torch.channels_last)
     simclr.train()
     transfer.train()
     mem = tc.memory_size

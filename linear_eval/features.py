@@ -27,10 +27,9 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-@torch.no_grad()
 def extract_features(model: nn.Module, loader: Iterable, device: str | torch.device | None = None,
-                     *, max_batches: int | None = None,
-                     dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+                     *, max_batches: int | None = None, dtype: torch.dtype = torch.float32,
+                     channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(features (n, d) on CPU, labels (n,))`` for a loader of ``(x, y, ...)`` batches.
 
     Args:
@@ -40,27 +39,41 @@ def extract_features(model: nn.Module, loader: Iterable, device: str | torch.dev
             The model itself is not moved.
         max_batches: stop after this many batches (e.g. a quick check); default all.
         dtype: dtype of the returned features (default float32, whatever the model computes in).
+        channels_last: run 4-d inputs and convolution weights in channels_last layout (on a
+            2-core CPU ~15-40 % faster for a ResNet, docs/speed.md; the same features up to float
+            rounding); the weights' own layout is put back afterwards.
 
     The model runs in eval mode (BatchNorm uses its running statistics and does not update
-    them; dropout is off) under ``torch.no_grad``; the previous train/eval mode of every submodule is
-    restored afterwards, also on error. Nothing of the model's state changes.
+    them; dropout is off) under ``torch.inference_mode``; the previous train/eval mode of every
+    submodule (and the layout of its weights) is restored afterwards, also on error. Nothing of
+    the model's state changes. The returned tensors are ordinary ones (concatenated outside
+    inference mode), so they may also serve as constants in a training loss (teacher_cache).
     """
     if max_batches is not None and max_batches < 1:
         raise ValueError(f"max_batches must be >= 1 or None, got {max_batches}")
     device = torch.device(device) if device is not None else _model_device(model)
     modes = [(m, m.training) for m in model.modules()]  # per-module, so mixed modes survive
+    layouts = [(p, p.data) for p in model.parameters() if p.ndim == 4] if channels_last else []
+    fmt = torch.channels_last
     model.eval()
     feats, labels = [], []
     try:
-        for i, batch in enumerate(loader):
-            if max_batches is not None and i >= max_batches:
-                break
-            x, y = batch[0], batch[1]
-            feats.append(model(x.to(device, non_blocking=True)).flatten(1).to("cpu", dtype))
-            labels.append(torch.as_tensor(y).cpu())
+        for p, data in layouts:
+            p.data = data.to(memory_format=fmt)  # .contiguous() would keep a 1-channel stem as it is
+        with torch.inference_mode():
+            for i, batch in enumerate(loader):
+                if max_batches is not None and i >= max_batches:
+                    break
+                x, y = batch[0].to(device, non_blocking=True), batch[1]
+                if channels_last and x.ndim == 4:
+                    x = x.contiguous(memory_format=fmt)
+                feats.append(model(x).flatten(1).to("cpu", dtype))
+                labels.append(torch.as_tensor(y).cpu())
     finally:
         for m, mode in modes:
             m.training = mode
+        for p, data in layouts:
+            p.data = data
     if not feats:
         raise ValueError("the loader yielded no batches; nothing to extract")
     return torch.cat(feats), torch.cat(labels)

@@ -64,6 +64,29 @@ def _tensor(x, device, dtype=torch.float32) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x), dtype=dtype, device=device)
 
 
+def _objective_and_grad(x: torch.Tensor, y: torch.Tensor, Wt: torch.Tensor, b: torch.Tensor, reg: float,
+                        acc: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``mean_i CE(x_i Wᵀ + b, y_i) + reg ||W||²`` and its gradients w.r.t. ``Wt (k, d)`` and ``b``.
+
+    The two products run in x's dtype, in the layouts that are fast for a tall x and few
+    classes (``F.linear(x, Wt)`` and ``Gᵀ @ x``: on a 20000 x 512 float32 x with 10 classes
+    2× and 3× faster than ``x @ W`` and ``x.T @ G``, docs/speed.md); the softmax, the mean and
+    the penalty in ``acc`` (float64 off MPS), so the loss resolves the tiny decreases near the
+    optimum (float32 rounds them to 0 and L-BFGS stalls). The gradient is the closed form
+    ``(softmax - onehot) / n``, the same arithmetic autograd does, without its graph.
+    """
+    n = x.shape[0]
+    logp = F.linear(x, Wt, b).to(acc).log_softmax(1)  # (n, k)
+    rows = torch.arange(n, device=x.device)
+    W64 = Wt.to(acc)
+    loss = -logp[rows, y].mean() + reg * W64.square().sum()
+    g = logp.exp_()
+    g[rows, y] -= 1.0
+    g = (g / n).to(x.dtype)
+    gWt = g.T.contiguous() @ x + (2.0 * reg * W64).to(x.dtype)  # (k, d)
+    return loss, gWt, g.sum(0)
+
+
 def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, num_classes: int, C: float,
                             max_iter: int = MAX_ITER, init: tuple | None = None,
                             tol: float = TOL) -> LogisticFit:
@@ -76,34 +99,27 @@ def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, num_classes: int, 
     ``init``: ``(W, b)`` to start from (warm start); default zeros.
     """
     n, d = x.shape
-    W = torch.zeros(d, num_classes, device=x.device, dtype=x.dtype) if init is None else init[0].clone()
+    Wt = (torch.zeros(num_classes, d, device=x.device, dtype=x.dtype) if init is None
+          else init[0].T.contiguous().to(x.dtype))  # optimised as (k, d): the fast layout above
     b = torch.zeros(num_classes, device=x.device, dtype=x.dtype) if init is None else init[1].clone()
-    W.requires_grad_(True)
-    b.requires_grad_(True)
     # stop on the gradient only; the loss-change test just catches a loss that no longer changes
     # at the precision of x (float32 logits: ~1e-9 noise in the float64 loss)
-    opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=max_iter, max_eval=3 * max_iter, history_size=HISTORY,
+    opt = torch.optim.LBFGS([Wt, b], lr=1.0, max_iter=max_iter, max_eval=3 * max_iter, history_size=HISTORY,
                             tolerance_grad=tol, tolerance_change=torch.finfo(x.dtype).eps * 1e-4,
                             line_search_fn="strong_wolfe")
     reg = 0.5 / (C * n)
     acc = torch.float32 if x.device.type == "mps" else torch.float64  # MPS has no float64
 
-    def objective():  # the matmul in x's dtype; the mean and the penalty in float64, so the loss
-        # resolves the tiny decreases near the optimum (float32 rounds them to 0 and L-BFGS stalls)
-        return F.cross_entropy((x @ W + b).to(acc), y) + reg * W.to(acc).square().sum()
-
     def closure():
-        opt.zero_grad()
-        loss = objective()
-        loss.backward()
+        loss, Wt.grad, b.grad = _objective_and_grad(x, y, Wt, b, reg, acc)
         return loss
 
-    with torch.enable_grad():
+    with torch.no_grad():
         opt.step(closure)
-        gW, gb = torch.autograd.grad(objective(), [W, b])
+        _, gW, gb = _objective_and_grad(x, y, Wt, b, reg, acc)
     grad_norm = float(torch.maximum(gW.abs().max(), gb.abs().max()))
-    n_iter = int(opt.state[W].get("n_iter", 0))
-    return LogisticFit(W.detach(), b.detach(), n_iter, grad_norm <= tol, grad_norm)
+    n_iter = int(opt.state[Wt].get("n_iter", 0))
+    return LogisticFit(Wt.T.contiguous(), b.detach(), n_iter, grad_norm <= tol, grad_norm)
 
 
 def _accuracy(x: torch.Tensor, y: torch.Tensor, W: torch.Tensor, b: torch.Tensor, k: int = 1) -> float:

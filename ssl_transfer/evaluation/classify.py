@@ -35,10 +35,11 @@ def top1(model: nn.Module, bundle, cfg, test: bool = True) -> dict[str, Any]:
     start = time.perf_counter()
     dev = eval_device(cfg)
     model.to(dev)
-    val_z, val_y = extract_features(model, bundle.eval_loader("val"), dev)
+    val_z, val_y = extract_features(model, bundle.eval_loader("val"), dev, channels_last=cfg.trainer.channels_last)
     out: dict[str, Any] = {"val_top1_acc": _accuracy(val_z, val_y), "top1_acc": None, "top5_acc": None}
     if test:  # every choice is made: the test split is read once, here
-        te_z, te_y = extract_features(model, bundle.eval_loader("test"), dev)
+        te_z, te_y = extract_features(model, bundle.eval_loader("test"), dev,
+                                      channels_last=cfg.trainer.channels_last)
         out["top1_acc"] = _accuracy(te_z, te_y)
         if te_z.shape[1] > 10:
             out["top5_acc"] = _accuracy(te_z, te_y, k=5)

@@ -33,7 +33,8 @@ def evaluate(model: nn.Module, bundle: DataBundle, cfg: RunConfig, test: bool = 
     dev = eval_device(cfg)
     model.to(dev)
     splits = ("eval_train", "val", "test") if test else ("eval_train", "val")
-    feats = {split: extract_features(model, bundle.eval_loader(split), dev) for split in splits}
+    feats = {split: extract_features(model, bundle.eval_loader(split), dev, channels_last=cfg.trainer.channels_last)
+             for split in splits}
     (tr_x, tr_y), (va_x, va_y) = feats["eval_train"], feats["val"]
     te_x, te_y = feats.get("test", (None, None))
     e = cfg.eval
@@ -41,7 +42,7 @@ def evaluate(model: nn.Module, bundle: DataBundle, cfg: RunConfig, test: bool = 
         probe = standard_probe(model, bundle, cfg, test, int(tr_x.shape[1]))
     else:
         probe = linear_probe(tr_x, tr_y, va_x, va_y, te_x, te_y, Cs=e.linear_Cs, max_iter=e.linear_max_iter,
-                             device=dev)
+                             tol=e.linear_tol, device=dev)
     knn_val = knn_accuracy(tr_x, tr_y, va_x, va_y, k=e.knn_k, temperature=e.knn_temperature)
     knn_test = knn_accuracy(tr_x, tr_y, te_x, te_y, k=e.knn_k, temperature=e.knn_temperature) if test else None
     out: dict[str, Any] = {}

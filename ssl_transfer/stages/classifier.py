@@ -172,13 +172,15 @@ def fit_probe(backbone: nn.Module, bundle, cfg, labelled_idx) -> tuple[nn.Linear
     backbone.to(dev)
     loader = DataLoader(EvalDataset(bundle.raw, "train", labelled_idx, bundle.eval_transform()),
                         batch_size=cfg.data.eval_batch_size, shuffle=False)
-    tr_x, tr_y = extract_features(backbone, loader, dev)
-    va_x, va_y = extract_features(backbone, bundle.eval_loader("val"), dev)
+    tr_x, tr_y = extract_features(backbone, loader, dev, channels_last=cfg.trainer.channels_last)
+    va_x, va_y = extract_features(backbone, bundle.eval_loader("val"), dev,
+                                  channels_last=cfg.trainer.channels_last)
     backbone.cpu()
-    probe = linear_probe(tr_x, tr_y, va_x, va_y, Cs=cfg.eval.linear_Cs, max_iter=cfg.eval.linear_max_iter)
+    probe = linear_probe(tr_x, tr_y, va_x, va_y, Cs=cfg.eval.linear_Cs, max_iter=cfg.eval.linear_max_iter,
+                         tol=cfg.eval.linear_tol)
     mean, std = tr_x.mean(0), tr_x.std(0).clamp_min(1e-8)
     fit = fit_logistic_regression((tr_x - mean) / std, tr_y.long(), bundle.num_classes, probe["C"],
-                                  cfg.eval.linear_max_iter)
+                                  cfg.eval.linear_max_iter, tol=cfg.eval.linear_tol)
     info = {"C": probe["C"], "probe_val_acc": probe["val_acc_best"], "n_labelled": int(len(tr_y))}
     return linear_from_probe(fit.W, fit.b, mean, std), info
 

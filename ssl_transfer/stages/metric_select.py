@@ -50,7 +50,7 @@ def embedding_net(model: nn.Module) -> nn.Module:
 def split_metrics(net: nn.Module, bundle, cfg, split: str, device=None, with_nmi: bool | None = None) -> dict:
     """Retrieval metrics (fractions) of ``net``'s embeddings of one split (``val`` or ``test``)."""
     device = device or next(net.parameters()).device
-    x, y = extract_features(net, bundle.eval_loader(split), device)
+    x, y = extract_features(net, bundle.eval_loader(split), device, channels_last=cfg.trainer.channels_last)
     out = retrieval_metrics(x, y, ks=tuple(cfg.eval.recall_ks), chunk_size=cfg.metric.chunk_size)
     if cfg.metric.nmi if with_nmi is None else with_nmi:
         out["nmi"] = nmi(x, y, seed=cfg.seed)
