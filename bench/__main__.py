@@ -238,7 +238,15 @@ def main(argv=None) -> int:
     ap.add_argument("--out-dir", default=".", help="where docs/benchmarks.md, docs/data/benchmarks.json and "
                                                    "docs/benchmarks.png are written (default: the repository)")
     ap.add_argument("--notes", help="markdown file appended to the report (interpretation)")
+    ap.add_argument("--render", help="only re-render the markdown from this benchmarks.json (with --notes)")
     args = ap.parse_args(argv)
+    if args.render:
+        res = json.loads(Path(args.render).read_text())
+        res["notes"] = [Path(args.notes).read_text()] if args.notes else res.get("notes", [])
+        md = Path(args.out_dir) / "docs" / "benchmarks.md"
+        md.write_text(markdown(res))
+        print(f"written {md}")
+        return 0
     from ssl_transfer.config import load_config
 
     overrides = [*(QUICK_SET if args.quick else []), *args.overrides]

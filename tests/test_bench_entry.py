@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from bench.__main__ import markdown, run_stages
+from bench.__main__ import main, markdown, run_stages
 
 
 def test_bench_quick_writes_every_part(tmp_path, repo_root):
@@ -33,6 +33,11 @@ def test_bench_quick_writes_every_part(tmp_path, repo_root):
     md = (tmp_path / "docs" / "benchmarks.md").read_text()
     assert md.startswith("# Benchmarks") and "| S1 " in md and "| S3 " in md and "feature extraction" in md
     assert (tmp_path / "docs" / "benchmarks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # --render rebuilds the same report from the JSON, with the notes appended
+    (tmp_path / "notes.md").write_text("## Why\n\nbecause\n")
+    assert main(["--render", str(tmp_path / "docs" / "data" / "benchmarks.json"), "--notes",
+                 str(tmp_path / "notes.md"), "--out-dir", str(tmp_path)]) == 0
+    assert (tmp_path / "docs" / "benchmarks.md").read_text() == md.rstrip("\n") + "\n\n## Why\n\nbecause\n\n"
 
 
 def test_run_stages_reads_times_steps_and_eval_share(tmp_path):
