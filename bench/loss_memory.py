@@ -98,18 +98,21 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     relaxed = dict(kind="relaxed", n=n, d=d, backward=True)
     rkd = dict(kind="rkd", n=rn, d=rd, dtype="float32", backward=True)
-    cases = [
-        dict(relaxed, dtype="float32", block=None, save_grad=str(tmp / "dense.pt")),
-        dict(relaxed, dtype="float32", block=block, save_grad=str(tmp / "blocked.pt")),
-        dict(relaxed, dtype="float32", block=block // 4),
-        dict(relaxed, dtype="float64", block=None, backward=False),  # value reference
-        dict(rkd, block=None),
-        dict(rkd, block=chunk),
-        dict(rkd, block=chunk // 4),
-    ]
-    results = []
-    for case in cases:
+    cases = {
+        "dense": dict(relaxed, dtype="float32", block=None, save_grad=str(tmp / "dense.pt")),
+        "blocked": dict(relaxed, dtype="float32", block=block, save_grad=str(tmp / "blocked.pt")),
+        "blocked_quarter": dict(relaxed, dtype="float32", block=block // 4),
+        "ref64": dict(relaxed, dtype="float64", block=None, backward=False),  # value reference
+        "rkd": dict(rkd, block=None),
+        "rkd_chunked": dict(rkd, block=chunk),
+        "rkd_quarter": dict(rkd, block=chunk // 4),
+    }
+    if args.quick:  # the smoke test of this script: every code path once
+        del cases["blocked_quarter"], cases["rkd_quarter"]
+    results, by_name = [], {}
+    for name, case in cases.items():
         r = run_case(case, args.default_malloc)
+        by_name[name] = r
         print(f"{r['kind']:>8} n={r['n']:>5} d={r['d']} {r['dtype']} block/chunk={r['block']} "
               f"backward={r['backward']}: +{r['extra_mib']:.0f} MiB, {r['seconds']:.1f} s, loss {r['loss']:.10g}",
               flush=True)
@@ -119,7 +122,7 @@ def main() -> None:
 
     g_dense, g_blocked = torch.load(tmp / "dense.pt"), torch.load(tmp / "blocked.pt")
     grad_rel = ((g_blocked - g_dense).abs().max() / g_dense.abs().max()).item()
-    ref64 = results[3]["loss"]
+    ref64 = by_name["ref64"]["loss"]
     flags = "".join(f" --{k}" for k in ("quick", "default_malloc") if getattr(args, k)).replace("_", "-")
     malloc = ("glibc's default dynamic mmap threshold (peak RSS includes heap fragmentation)" if args.default_malloc
               else f"MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD} (tensors above 1 MiB are returned to the OS when "
@@ -143,11 +146,11 @@ def main() -> None:
         "",
         "Agreement:",
         f"- blocked float32 (B = {block}) vs dense float64: relative difference of the loss "
-        f"{abs(results[1]['loss'] - ref64) / abs(ref64):.2e}; dense float32 vs dense float64: "
-        f"{abs(results[0]['loss'] - ref64) / abs(ref64):.2e}.",
+        f"{abs(by_name['blocked']['loss'] - ref64) / abs(ref64):.2e}; dense float32 vs dense float64: "
+        f"{abs(by_name['dense']['loss'] - ref64) / abs(ref64):.2e}.",
         f"- gradient, blocked float32 vs dense float32: max |difference| / max |gradient| = {grad_rel:.2e}.",
         f"- RKD chunked (chunk {chunk}) vs unchunked loss: relative difference "
-        f"{abs(results[5]['loss'] - results[4]['loss']) / abs(results[4]['loss']):.2e}.",
+        f"{abs(by_name['rkd_chunked']['loss'] - by_name['rkd']['loss']) / abs(by_name['rkd']['loss']):.2e}.",
         "",
         "Values and gradients in float64 are compared exactly (to rounding) by tests/test_losses_blocked.py "
         "and tests/test_losses_zoo.py.",

@@ -40,7 +40,7 @@ def extract_features(model: nn.Module, loader: Iterable, device: str | torch.dev
         max_batches: stop after this many batches (e.g. a quick check); default all.
         dtype: dtype of the returned features (default float32, whatever the model computes in).
         channels_last: run 4-d inputs and convolution weights in channels_last layout (on a
-            2-core CPU ~15-40 % faster for a ResNet, docs/speed.md; the same features up to float
+            2-core CPU ~20 % faster for a ResNet-18, docs/speed.md; the same features up to float
             rounding); the weights' own layout is put back afterwards.
 
     The model runs in eval mode (BatchNorm uses its running statistics and does not update

@@ -3,7 +3,8 @@
 - :func:`setup_runtime`: threads, quieter Lightning (run once per process, before anything else);
 - :func:`check_processes`: the process layout (devices x nodes, strategy) validated through
   Lightning, before anything is written; :func:`setup_processes` also exports the threads;
-- :func:`make_trainer`: one Trainer per stage (CSV logs, last.ckpt checkpoints, global BatchNorm);
+- :func:`make_trainer`: one Trainer per stage (CSV logs, last.ckpt checkpoints, global BatchNorm,
+  channels_last convolution weights with ``trainer.channels_last``);
 - :func:`fit`: trains a module for a (fractional) number of epochs, resumable from the stage's
   last.ckpt: weights, optimiser, scheduler, loop counters, data position, log rows and the
   training time before the interruption (so ``timings_s`` of a resumed run is the whole time).

@@ -16,6 +16,29 @@ def checkpoint_step(path) -> int:
         return -1
 
 
+def start_logged(args: list[str], out: Path, cwd=None):
+    """Start a command whose output goes to files beside ``out`` (two runs side by side on pipes
+    would stall: a full pipe blocks the run nobody reads yet)."""
+    import subprocess
+
+    logs = [open(out.parent / f"{out.name}.{name}", "w+") for name in ("stdout", "stderr")]
+    proc = subprocess.Popen(args, cwd=cwd, stdout=logs[0], stderr=logs[1], text=True)
+    proc.logs = logs
+    return proc
+
+
+def finish_logged(proc, timeout: float):
+    """Wait for :func:`start_logged`'s process; assert it succeeded; its CompletedProcess."""
+    import subprocess
+
+    proc.wait(timeout=timeout)
+    stdout, stderr = (f.seek(0) or f.read() for f in proc.logs)
+    for f in proc.logs:
+        f.close()
+    assert proc.returncode == 0, stdout[-2000:] + stderr[-4000:]
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT

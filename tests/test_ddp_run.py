@@ -12,11 +12,11 @@ number of CPU threads of a one-process run does (docs/reliability.md "Distribute
 import csv
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import finish_logged, start_logged
 
 #: the smoke config made smaller (4 steps per stage, small evaluation splits) to fit the suite's
 #: time budget; the cross-batch memory (48 rows: it wraps around in the second step) is on
@@ -36,12 +36,9 @@ def cli() -> list[str]:
     return [script]
 
 
-def run(command: list[str], repo_root: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([*command, "run", str(repo_root / "configs" / "smoke.yaml"), "--out", str(out),
-                           "--set", *SETTINGS, *extra], cwd=repo_root, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return proc
+def start(command: list[str], repo_root: Path, out: Path, *extra: str):
+    return start_logged([*command, "run", str(repo_root / "configs" / "smoke.yaml"), "--out", str(out),
+                         "--set", *SETTINGS, *extra], out, cwd=repo_root)
 
 
 def losses(out: Path, stage: str) -> tuple[list[float], float]:
@@ -60,8 +57,10 @@ def get(results: dict, dotted: str) -> dict:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, repo_root):
     base = tmp_path_factory.mktemp("ddp")
-    one = run([sys.executable, "-m", "ssl_transfer"], repo_root, base / "one")
-    two = run(cli(), repo_root, base / "two", "trainer.devices=2", "trainer.strategy=ddp")
+    # both at once (1 + 2 one-thread processes on the suite's 2 cores): CPU runs are deterministic
+    procs = [start([sys.executable, "-m", "ssl_transfer"], repo_root, base / "one"),
+             start(cli(), repo_root, base / "two", "trainer.devices=2", "trainer.strategy=ddp")]
+    one, two = (finish_logged(p, 600) for p in procs)
     return base / "one", base / "two", one, two
 
 

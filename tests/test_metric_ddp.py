@@ -7,12 +7,12 @@ one-process numbers. Both runs in float64, so only the order of float reductions
 import csv
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import finish_logged, start_logged
 from test_metric_task import CONFIG, make_cub
 
 SETTINGS = ["trainer.precision=64-true", "trainer.num_threads=1", "source.epochs=1", "transfer.epochs=1"]
@@ -21,11 +21,8 @@ MODELS = ("teacher", "student")
 METRICS = ("recall@1", "recall@2", "map@r", "val_recall@1", "val_map@r")
 
 
-def run(command: list[str], config: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([*command, "metric", str(config), "--out", str(out), "--set", *SETTINGS, *extra],
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return proc
+def start(command: list[str], config: Path, out: Path, *extra: str):
+    return start_logged([*command, "metric", str(config), "--out", str(out), "--set", *SETTINGS, *extra], out)
 
 
 def step_losses(out: Path, stage: str) -> list[float]:
@@ -41,8 +38,10 @@ def runs(tmp_path_factory):
     config.write_text(yaml.safe_dump({**CONFIG, "data": {**CONFIG["data"], "root": str(base)}}))
     script = shutil.which("ssl-transfer", path=str(Path(sys.executable).parent))
     assert script, "the ssl-transfer entry point is not installed next to this Python; pip install -e ."
-    run([sys.executable, "-m", "ssl_transfer"], config, base / "one")
-    two = run([script], config, base / "two", "trainer.devices=2", "trainer.strategy=ddp")
+    # both at once (CPU runs are deterministic, so running them side by side changes no number)
+    procs = [start([sys.executable, "-m", "ssl_transfer"], config, base / "one"),
+             start([script], config, base / "two", "trainer.devices=2", "trainer.strategy=ddp")]
+    _, two = (finish_logged(p, 900) for p in procs)
     return base / "one", base / "two", two
 
 
