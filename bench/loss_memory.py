@@ -109,14 +109,14 @@ def main() -> None:
     }
     if args.quick:  # the smoke test of this script: every code path once
         del cases["blocked_quarter"], cases["rkd_quarter"]
-    results, by_name = [], {}
-    for name, case in cases.items():
+    results = []
+    for case in cases.values():
         r = run_case(case, args.default_malloc)
-        by_name[name] = r
         print(f"{r['kind']:>8} n={r['n']:>5} d={r['d']} {r['dtype']} block/chunk={r['block']} "
               f"backward={r['backward']}: +{r['extra_mib']:.0f} MiB, {r['seconds']:.1f} s, loss {r['loss']:.10g}",
               flush=True)
         results.append(r)
+    by_name = dict(zip(cases, results))
 
     import torch
 

@@ -210,10 +210,10 @@ def bench_step(config: str, overrides: list[str], warmup: int, rounds: int, per_
     x = torch.cat(batch["views"])
     simclr, transfer = simclr_module(), transfer_module()
     if cl:
-        from ssl_transfer.runtime import ChannelsLast
+        from linear_eval.features import conv_weights_to
 
         for module in (simclr, transfer):
-            ChannelsLast._layout(module, torch.channels_last)
+            conv_weights_to(module, torch.channels_last)
     simclr.train()
     transfer.train()
     mem = tc.memory_size

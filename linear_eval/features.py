@@ -27,6 +27,20 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def conv_weights_to(model: nn.Module, memory_format: torch.memory_format) -> list[tuple[nn.Parameter, torch.Tensor]]:
+    """Restride the model's 4-d parameters (convolution weights) to ``memory_format`` in place and
+    return ``(parameter, previous data)`` pairs, so that a caller can put the very tensors back.
+
+    ``.to(memory_format=...)``, not ``.contiguous(memory_format=...)``: for a 1-channel stem
+    (C = 1) both layouts count as contiguous, ``.contiguous()`` keeps the old strides, and the
+    first convolution, followed by every later layer, would stay NCHW (docs/speed.md).
+    """
+    previous = [(p, p.data) for p in model.parameters() if p.ndim == 4]
+    for p, data in previous:
+        p.data = data.to(memory_format=memory_format)
+    return previous
+
+
 def extract_features(model: nn.Module, loader: Iterable, device: str | torch.device | None = None,
                      *, max_batches: int | None = None, dtype: torch.dtype = torch.float32,
                      channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,20 +67,18 @@ def extract_features(model: nn.Module, loader: Iterable, device: str | torch.dev
         raise ValueError(f"max_batches must be >= 1 or None, got {max_batches}")
     device = torch.device(device) if device is not None else _model_device(model)
     modes = [(m, m.training) for m in model.modules()]  # per-module, so mixed modes survive
-    layouts = [(p, p.data) for p in model.parameters() if p.ndim == 4] if channels_last else []
-    fmt = torch.channels_last
     model.eval()
-    feats, labels = [], []
+    feats, labels, layouts = [], [], []
     try:
-        for p, data in layouts:
-            p.data = data.to(memory_format=fmt)  # .contiguous() would keep a 1-channel stem as it is
+        if channels_last:
+            layouts = conv_weights_to(model, torch.channels_last)
         with torch.inference_mode():
             for i, batch in enumerate(loader):
                 if max_batches is not None and i >= max_batches:
                     break
                 x, y = batch[0].to(device, non_blocking=True), batch[1]
                 if channels_last and x.ndim == 4:
-                    x = x.contiguous(memory_format=fmt)
+                    x = x.contiguous(memory_format=torch.channels_last)
                 feats.append(model(x).flatten(1).to("cpu", dtype))
                 labels.append(torch.as_tensor(y).cpu())
     finally:

@@ -25,6 +25,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from linear_eval.features import conv_weights_to
+
 from .config import RunConfig
 from .distributed import GlobalBatchNorm
 from .errors import ConfigError
@@ -150,17 +152,11 @@ class ChannelsLast(L.Callback):
     tensor cores); set before Lightning moves, wraps (DDP) and builds optimisers for the module,
     and back to the default layout at the end, so saved and evaluated models are the usual ones."""
 
-    @staticmethod
-    def _layout(module, fmt) -> None:
-        for p in module.parameters():
-            if p.ndim == 4:
-                p.data = p.data.to(memory_format=fmt)  # restrides 1-channel stems too (.contiguous() does not)
-
     def setup(self, trainer, pl_module, stage) -> None:
-        self._layout(pl_module, torch.channels_last)
+        conv_weights_to(pl_module, torch.channels_last)
 
-    def teardown(self, trainer, pl_module, stage) -> None:
-        self._layout(pl_module, torch.contiguous_format)
+    def teardown(self, trainer, pl_module, stage) -> None:  # the trained weights, in the default layout
+        conv_weights_to(pl_module, torch.contiguous_format)
 
 
 def make_trainer(cfg: RunConfig, run_dir: Path, stage: str, max_steps: int, callbacks=()) -> L.Trainer:
