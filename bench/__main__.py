@@ -76,19 +76,23 @@ def s3(config: str, overrides: list[str], quick: bool) -> dict:
     return r
 
 
+def s4_cases(ns, d: int, block: int) -> list[dict]:
+    """The S4 rows: dense at every n, blocked only where n exceeds the block (a single block is
+    the dense computation)."""
+    return [dict(kind="relaxed", n=n, d=d, dtype="float32", backward=True, block=block if blocked else None)
+            for n in ns for blocked in (False, True) if not (blocked and n <= block)]
+
+
 def s4(quick: bool) -> list[dict]:
     """Time and extra peak memory of the loss for every n, dense and blocked."""
-    ns, d, block = ((32, 64), 16, 32) if quick else (SCALING_N, 512, BLOCK)
+    ns, d, block = ((64,), 16, 32) if quick else (SCALING_N, 512, BLOCK)
     rows = []
-    for n in ns:
-        for blocked in (False, True):
-            if blocked and n <= block:
-                continue  # a single block: the dense computation
-            case = dict(kind="relaxed", n=n, d=d, dtype="float32", backward=True, block=block if blocked else None)
-            r = loss_memory.run_case(case, default_malloc=False)
-            rows.append({"n": n, "d": d, "block": case["block"], "seconds": r["seconds"], "extra_mib": r["extra_mib"]})
-            print(f"S4 n={n} {'blocked' if blocked else 'dense'}: {r['seconds']:.3f} s, +{r['extra_mib']:.0f} MiB",
-                  flush=True)
+    for case in s4_cases(ns, d, block):
+        r = loss_memory.run_case(case, default_malloc=False)
+        rows.append({"n": case["n"], "d": d, "block": case["block"], "seconds": r["seconds"],
+                     "extra_mib": r["extra_mib"]})
+        print(f"S4 n={case['n']} {'blocked' if case['block'] else 'dense'}: {r['seconds']:.3f} s, "
+              f"+{r['extra_mib']:.0f} MiB", flush=True)
     return rows
 
 

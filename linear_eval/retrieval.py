@@ -47,8 +47,6 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
-from sklearn.metrics import normalized_mutual_info_score
 
 __all__ = ["map_at_r", "nmi", "r_precision", "recall_at_k", "retrieval_metrics"]
 
@@ -292,6 +290,9 @@ def nmi(embeddings, labels, seed: int = 0) -> float:
     Args:
         embeddings: (n, d) features; labels: (n,) class labels; seed: k-means seed.
     """
+    from sklearn.cluster import KMeans  # scikit-learn takes a second to import: only NMI needs it
+    from sklearn.metrics import normalized_mutual_info_score
+
     x, y = _inputs(embeddings, labels)
     x = torch.nn.functional.normalize(x, dim=1).cpu().numpy()
     y = y.cpu().numpy()

@@ -103,7 +103,6 @@ def _config(args) -> tuple[str, list[str]]:
 
 def _run(args) -> int:
     from .config import load_config
-    from .pipeline import pretrain, run
     from .runs import RunDirectory
 
     path, overrides = _config(args)
@@ -112,6 +111,8 @@ def _run(args) -> int:
     out = args.out if args.out is not None else str(Path("runs") / stem)
     teacher = getattr(args, "teacher", None)
     RunDirectory.check(out, args.overwrite, args.resume, keep=teacher)  # fail before any work
+    from .pipeline import pretrain, run  # torch and lightning: seconds to import, so after the cheap checks
+
     if args.command == "pretrain":
         results = pretrain(cfg, out, overwrite=args.overwrite, resume=args.resume)
     else:

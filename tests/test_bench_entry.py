@@ -3,18 +3,22 @@ part (S1-S4, extraction throughput) lands in the JSON, the markdown and the plot
 that are what they claim to be; the stage-time reader is checked on a hand-made run directory."""
 
 import json
-import subprocess
-import sys
 
 import pytest
+import torch
 
-from bench.__main__ import main, markdown, run_stages
+from bench.__main__ import main, markdown, run_stages, s4_cases
 
 
-def test_bench_quick_writes_every_part(tmp_path, repo_root):
-    p = subprocess.run([sys.executable, "-m", "bench", "--quick", "--config", "configs/smoke.yaml",
-                        "--out-dir", str(tmp_path)], cwd=repo_root, capture_output=True, text=True, timeout=900)
-    assert p.returncode == 0, p.stderr[-2000:]
+@pytest.fixture
+def keep_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_bench_quick_writes_every_part(tmp_path, repo_root, keep_threads):
+    assert main(["--quick", "--config", str(repo_root / "configs" / "smoke.yaml"), "--out-dir", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "docs" / "data" / "benchmarks.json").read_text())
     assert set(res["S1"]) == {"1", "2"}
     for r in res["S1"].values():
@@ -26,8 +30,7 @@ def test_bench_quick_writes_every_part(tmp_path, repo_root):
             r = res["S3"][data][kind]
             assert r["ratio"] == pytest.approx(r["real_median_s"] / r["preloaded_median_s"])
             assert r["real_images_per_s"] == pytest.approx(res["S3"]["batch_size"] / r["real_median_s"])
-    # S4: dense at every n, blocked only where n exceeds the block (32 in --quick)
-    assert [(r["n"], r["block"]) for r in res["S4"]] == [(32, None), (64, None), (64, 32)]
+    assert [(r["n"], r["block"]) for r in res["S4"]] == [(64, None), (64, 32)]  # --quick: n = 64, block 32
     assert all(r["seconds"] > 0 for r in res["S4"])
     assert res["extraction"]["images"] == 60  # the --quick val split
     md = (tmp_path / "docs" / "benchmarks.md").read_text()
@@ -38,6 +41,12 @@ def test_bench_quick_writes_every_part(tmp_path, repo_root):
     assert main(["--render", str(tmp_path / "docs" / "data" / "benchmarks.json"), "--notes",
                  str(tmp_path / "notes.md"), "--out-dir", str(tmp_path)]) == 0
     assert (tmp_path / "docs" / "benchmarks.md").read_text() == md.rstrip("\n") + "\n\n## Why\n\nbecause\n\n"
+
+
+def test_s4_is_dense_at_every_n_and_blocked_only_where_n_exceeds_the_block():
+    got = [(c["n"], c["block"]) for c in s4_cases((32, 64, 128), 16, 64)]
+    assert got == [(32, None), (64, None), (128, None), (128, 64)]
+    assert all(c["kind"] == "relaxed" and c["backward"] and c["d"] == 16 for c in s4_cases((128,), 16, 64))
 
 
 def test_run_stages_reads_times_steps_and_eval_share(tmp_path):

@@ -11,11 +11,14 @@ import time
 
 import pytest
 import torch
-from conftest import checkpoint_step
+from conftest import checkpoint_step, finish_logged, start_logged
 
 from ssl_transfer.cli import main
 
-SETTINGS = ["trainer.checkpoint_every_n_steps=3", "trainer.log_every_n_steps=1", "source.epochs=0.5"]
+# one torch thread: the reference and the run to kill run side by side on the 2 cores, and the
+# resumed run needs the reference's thread count to reproduce its numbers
+SETTINGS = ["trainer.checkpoint_every_n_steps=3", "trainer.log_every_n_steps=1", "source.epochs=0.5",
+            "trainer.num_threads=1"]
 MODELS = {"teacher": ("teacher",), "student": ("student",), "ce_only": ("controls", "ce_only"),
           "teacher_finetuned": ("controls", "teacher_finetuned")}
 
@@ -32,10 +35,31 @@ def block(results, model):
 
 
 @pytest.fixture(scope="module")
-def reference(repo_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("cls_ref") / "run"
-    subprocess.run(cmd(repo_root, out), check=True, capture_output=True)
-    return out
+def runs(repo_root, tmp_path_factory):
+    """The uninterrupted reference run and, side by side with it, a run SIGKILLed once its transfer
+    stage saved the checkpoint of step 3 (4 steps per epoch: mid-epoch)."""
+    base = tmp_path_factory.mktemp("cls")
+    ref_out, out = base / "ref", base / "killed"
+    ref = start_logged(cmd(repo_root, ref_out), base / "ref_log")
+    proc = subprocess.Popen(cmd(repo_root, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        ckpt = out / "checkpoints" / "transfer" / "last.ckpt"
+        deadline = time.time() + 600
+        while checkpoint_step(ckpt) < 3:
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.time() < deadline
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+        finish_logged(ref, timeout=900)
+    return ref_out, out
+
+
+@pytest.fixture(scope="module")
+def reference(runs):
+    return runs[0]
 
 
 def test_classify_runs_end_to_end_through_the_cli(reference):
@@ -57,17 +81,8 @@ def test_classify_runs_end_to_end_through_the_cli(reference):
     assert all(float(r["transfer_loss"]) > 0 and float(r["kd_loss"]) >= 0 for r in rows)
 
 
-def test_killed_mid_stage_then_resumed_gives_the_same_numbers(repo_root, tmp_path, reference):
-    out = tmp_path / "run"
-    proc = subprocess.Popen(cmd(repo_root, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = out / "checkpoints" / "transfer" / "last.ckpt"
-    deadline = time.time() + 600
-    while checkpoint_step(ckpt) < 3:  # 4 steps per epoch: the checkpoint of step 3 is mid-epoch
-        assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+def test_killed_mid_stage_then_resumed_gives_the_same_numbers(repo_root, runs, reference):
+    out = runs[1]
     state = json.loads((out / "run.json").read_text())
     assert "transfer" not in state["finished"] and {"source", "ce_only", "teacher_finetuned"} <= set(state["finished"])
     assert main(["classify", str(repo_root / "configs" / "smoke_classify.yaml"), "--out", str(out), "--resume",

@@ -127,6 +127,21 @@ def test_subprocess_exit_status_and_debug_traceback(tmp_path):
     assert p.returncode != 0 and "Traceback" in p.stderr and "ConfigError" in p.stderr
 
 
+def test_bad_config_and_out_are_reported_before_lightning_is_imported(tmp_path, smoke):
+    """The config and --out are checked first: a typo costs a second at most (torch, to check loss
+    options against the loss's constructor), not the seconds lightning and the data take."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("x")
+    for args, needle in [([str(tmp_path / "nope.yaml")], "does not exist"),
+                         ([smoke, "--set", "seed=-1"], "seed = -1"),
+                         ([smoke, "--set", "eval.knn_temperature=.nan"], "knn_temperature"),
+                         ([smoke, "--out", str(tmp_path / "run")], "already exists")]:
+        code = ("import sys; from ssl_transfer.cli import main; rc = main(['run', *sys.argv[1:]]); "
+                "print(rc, 'lightning' in sys.modules)")
+        p = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+        assert p.stdout.split() == ["2", "False"] and needle in p.stderr, (args, p.stdout, p.stderr[-2000:])
+
+
 def test_set_before_the_config_file_is_accepted(capsys, smoke, tmp_path):
     """argparse takes a config written after --set for one more override: it is recognised."""
     code, _, err = run_cli(capsys, "run", "--set", "transfer.loss_args.sigma=0", smoke, "--out", str(tmp_path / "o"))

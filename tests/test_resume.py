@@ -10,39 +10,56 @@ import time
 
 import pytest
 import torch
-from conftest import checkpoint_step, snapshot
+from conftest import checkpoint_step, finish_logged, snapshot, start_logged
 
 from ssl_transfer.cli import main
 
-SETTINGS = ["trainer.checkpoint_every_n_steps=3", "trainer.log_every_n_steps=1", "transfer.epochs=2", "transfer.memory_size=96",
-            "controls.teacher_continued=false"]
+# one torch thread: the reference and the run to kill share the 2 cores side by side (with 2
+# threads each they contend and take longer than one after the other), and the resumed run must
+# use the reference's thread count to reproduce its numbers bit for bit. 256 images in batches of
+# 32: 8 steps per epoch; a checkpoint at step 9, in the middle of the second epoch.
+SETTINGS = ["trainer.checkpoint_every_n_steps=9", "trainer.log_every_n_steps=1", "transfer.epochs=2",
+            "transfer.memory_size=96", "controls.teacher_continued=false", "trainer.num_threads=1",
+            "data.batch_size=32", "data.train_subset=256", "data.eval_train_subset=200", "data.val_size=100",
+            "data.test_subset=100"]
 METRICS = ("linear_acc", "knn_acc", "val_linear_acc", "val_knn_acc")
 
 
-def cmd(repo_root, out, *extra):
-    return [sys.executable, "-m", "ssl_transfer", "run", str(repo_root / "configs" / "smoke.yaml"),
+def cmd(repo_root, out, *extra, command="run"):
+    return [sys.executable, "-m", "ssl_transfer", command, str(repo_root / "configs" / "smoke.yaml"),
             "--out", str(out), "--set", *SETTINGS, *extra]
 
 
-@pytest.fixture(scope="module")
-def reference(repo_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ref") / "run"
-    subprocess.run(cmd(repo_root, out), check=True, capture_output=True)
-    return json.loads((out / "results.json").read_text())
+def start_reference_and_kill(repo_root, tmp_path, stage: str, *extra, command="run"):
+    """Start the uninterrupted reference run and the run to kill side by side (on 2 cores this
+    takes about the time of the longer one alone); SIGKILL the second once ``stage`` has saved
+    the checkpoint of step 9 (8 steps per epoch: the middle of its second epoch). Returns the
+    finished reference's directory and the killed run's."""
+    ref_out, out = tmp_path / "ref" / "run", tmp_path / "kill" / "run"
+    for d in (ref_out, out):
+        d.parent.mkdir(parents=True)
+    ref = start_logged(cmd(repo_root, ref_out, *extra, command=command), ref_out)
+    proc = subprocess.Popen(cmd(repo_root, out, *extra, command=command), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        ckpt = out / "checkpoints" / stage / "last.ckpt"
+        deadline = time.time() + 300
+        while checkpoint_step(ckpt) < 9:
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.time() < deadline
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+        finish_logged(ref, timeout=600)
+    return ref_out, out
 
 
-def test_sigkill_mid_epoch_then_resume_gives_identical_results(repo_root, tmp_path, reference):
-    out = tmp_path / "run"
-    proc = subprocess.Popen(cmd(repo_root, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def test_sigkill_mid_epoch_then_resume_gives_identical_results(repo_root, tmp_path):
+    ref_out, out = start_reference_and_kill(repo_root, tmp_path, "transfer")
+    reference = json.loads((ref_out / "results.json").read_text())
     ckpt = out / "checkpoints" / "transfer" / "last.ckpt"
-    deadline = time.time() + 300
-    # 8 steps per epoch: step 9 is in the middle of the second epoch of the transfer stage
-    while checkpoint_step(ckpt) < 9:
-        assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
     assert not (out / "results.json").exists()
     state = json.loads((out / "run.json").read_text())
     assert state["status"] == "running" and "source" in state["finished"]
@@ -67,29 +84,19 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_results(repo_root, tmp_pa
     assert steps == list(range(16))  # 2 epochs of 8 steps
 
 
-MOCO = ["source.method=mocov2", "source.epochs=2", "source.moco_queue_size=128", "transfer.epochs=0.25"]
+MOCO = ["source.method=mocov2", "source.epochs=2", "source.moco_queue_size=64"]
 
 
-def test_mocov2_source_stage_killed_mid_epoch_resumes_with_its_queue(repo_root, tmp_path_factory):
+def test_mocov2_source_stage_killed_mid_epoch_resumes_with_its_queue(repo_root, tmp_path):
     """MoCo v2 keeps state outside the state_dict (lightly's queue is a non-persistent buffer):
-    killed in its second epoch and resumed, the source stage ends with the uninterrupted run's
-    weights, key encoder and queue (2 batches of keys, so a lost pointer or queue would show)."""
+    killed in its second epoch and resumed, the source stage (``pretrain``) ends with the
+    uninterrupted run's weights, key encoder and queue (2 batches of keys, so a lost pointer or
+    queue would show)."""
     from ssl_transfer.io import load_model
 
-    ref_out = tmp_path_factory.mktemp("moco_ref") / "run"
-    subprocess.run(cmd(repo_root, ref_out, *MOCO), check=True, capture_output=True)
-    out = tmp_path_factory.mktemp("moco_kill") / "run"
-    proc = subprocess.Popen(cmd(repo_root, out, *MOCO), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = out / "checkpoints" / "source" / "last.ckpt"
-    deadline = time.time() + 300
-    while checkpoint_step(ckpt) < 9:  # 8 steps per epoch: step 9 is inside the second epoch
-        assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    ref_out, out = start_reference_and_kill(repo_root, tmp_path, "source", *MOCO, command="pretrain")
     assert "source" not in json.loads((out / "run.json").read_text())["finished"]
-    assert main(["run", str(repo_root / "configs" / "smoke.yaml"), "--out", str(out), "--resume",
+    assert main(["pretrain", str(repo_root / "configs" / "smoke.yaml"), "--out", str(out), "--resume",
                  "--set", *SETTINGS, *MOCO]) == 0
     ref_net, ref = load_model(ref_out / "teacher.pt")
     got_net, got = load_model(out / "teacher.pt")

@@ -3,6 +3,7 @@ run only when the new one completes and removes only what a run wrote, one run p
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -125,14 +126,18 @@ def test_two_concurrent_runs_on_one_directory_exactly_one_runs(tmp_path, smoke):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "ssl_transfer", "run", smoke, "--out", str(out), "--set", *TINY,
            "trainer.num_threads=1"]
-    first = subprocess.Popen([*cmd, "source.epochs=6"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while not ((out / "run.json").is_file() and (out / ".lock").read_text().strip()) and time.time() < deadline:
-        time.sleep(0.2)
-    # while the first holds the lock: the same command with --overwrite, or --resume, fails at once
-    others = [subprocess.Popen([*cmd, "source.epochs=6", flag], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True) for flag in ("--overwrite", "--resume")]
-    results = [p.communicate(timeout=600) for p in others]
+        time.sleep(0.05)
+    os.kill(first.pid, signal.SIGSTOP)  # the first holds the lock, and cannot finish while the others start
+    try:
+        # the same command with --overwrite, or --resume, fails at once
+        others = [subprocess.Popen([*cmd, flag], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                  for flag in ("--overwrite", "--resume")]
+        results = [p.communicate(timeout=600) for p in others]
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
     _, err = first.communicate(timeout=900)
     assert first.returncode == 0, err[-2000:]
     for p, (_, err) in zip(others, results):
@@ -141,6 +146,60 @@ def test_two_concurrent_runs_on_one_directory_exactly_one_runs(tmp_path, smoke):
     r = json.loads((out / "results.json").read_text())
     assert r["status"] == "completed" and r["resumed"] is False
     assert set(snapshot(out)) - {".lock"} == read_manifest(out)
+
+
+def test_the_checks_before_a_run_fail_on_a_held_lock_and_take_none(tmp_path):
+    """RunDirectory.check probes the lock (a second run is refused before it loads anything) and
+    leaves it free: the run that holds it, and a later run, are not disturbed."""
+    import fcntl
+
+    out = tmp_path / "run"
+    out.mkdir()
+    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT)
+    os.write(fd, b"4242")
+    RunDirectory.check(out, overwrite=True)  # nobody holds it yet
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the probe released its shared lock
+    with pytest.raises(Exception, match=r"another ssl-transfer run \(pid 4242\) is writing to"):
+        RunDirectory.check(out, resume=True)
+    RunDirectory.check(out, overwrite=True, holding_lock=True)  # the run's own check under its lock
+    os.close(fd)
+    RunDirectory.check(out, overwrite=True)
+
+
+def test_the_checks_read_the_rank_a_launcher_set_without_importing_torch(tmp_path):
+    """Before torch is imported, the rank is the environment's, read as Lightning reads it: a DDP
+    worker (LOCAL_RANK=1) leaves --out to rank 0, which refuses a directory that is not empty."""
+    (tmp_path / "notes.txt").write_text("x")
+    code = ("import sys; from ssl_transfer.runs import RunDirectory\n"
+            "try:\n    RunDirectory.check(sys.argv[1]); print('ok', 'torch' in sys.modules)\n"
+            "except Exception as e:\n    print(type(e).__name__, 'torch' in sys.modules)")
+    for env, expected in [({"LOCAL_RANK": "1"}, "ok False"), ({"RANK": "0", "LOCAL_RANK": "1"}, "OutputExistsError False"),
+                          ({}, "OutputExistsError False")]:
+        clean = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "SLURM_PROCID")}
+        p = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                           env={**clean, **env}, timeout=120)
+        assert p.stdout.strip() == expected, (env, p.stdout, p.stderr[-2000:])
+
+
+def test_snapshot_reuses_digests_only_of_files_nothing_touched(tmp_path, monkeypatch):
+    """The byte-identical checks above reuse the digest of a file whose inode, size, mtime and
+    ctime did not change (conftest._sha256): a rewrite of the same size with its old mtime put
+    back still changes the ctime, and is seen."""
+    import conftest
+
+    f = tmp_path / "weights.pt"
+    f.write_bytes(b"x" * 1000)
+    st = os.stat(f)
+    time.sleep(0.05)  # past the kernel's coarse clock tick
+    now = time.time_ns
+    monkeypatch.setattr(time, "time_ns", lambda: now() + 10**10)  # as if the file had been still for 10 s
+    first = snapshot(tmp_path)
+    assert any(key[0] == str(f) for key in conftest._DIGESTS)  # remembered
+    time.sleep(0.05)
+    f.write_bytes(b"y" * 1000)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(f).st_mtime_ns == st.st_mtime_ns and os.stat(f).st_size == st.st_size
+    assert snapshot(tmp_path) != first
 
 
 def test_a_resumed_run_state_counts_the_time_before_the_interruption(tmp_path):

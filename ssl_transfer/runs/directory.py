@@ -30,9 +30,9 @@ import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
-from ..distributed import is_global_zero
 from ..errors import OutputExistsError
 
 MANIFEST = "manifest.json"
@@ -109,9 +109,11 @@ class RunDirectory:
     # ---- checks (no writes) ------------------------------------------------------------------
 
     @staticmethod
-    def check(out: str | os.PathLike, overwrite: bool = False, resume: bool = False, keep=None) -> None:
-        """Raise a one-line OutputExistsError (changing nothing) unless a run may write to ``out``."""
-        if not is_global_zero():
+    def check(out: str | os.PathLike, overwrite: bool = False, resume: bool = False, keep=None,
+              holding_lock: bool = False) -> None:
+        """Raise a one-line OutputExistsError (changing nothing) unless a run may write to ``out``
+        (``holding_lock``: this process holds ``out``'s lock, so it is not probed)."""
+        if not _is_global_zero():
             return
         if os.fspath(out) == "":
             raise OutputExistsError("--out is empty; pass a directory, e.g. --out runs/my_run")
@@ -128,6 +130,8 @@ class RunDirectory:
                 break
         if out.exists() and not out.is_dir():
             raise OutputExistsError(f"--out '{out}' is a file, not a directory; choose another --out")
+        if not holding_lock:
+            _check_unlocked(out)
         if resume:
             if not out.is_dir() or not ((out / NEXT / "run.json").is_file() or (out / "run.json").is_file()):
                 raise OutputExistsError(f"--resume: '{out}' holds no run to resume (run.json missing); start it "
@@ -154,7 +158,7 @@ class RunDirectory:
         lock and choose where this run writes. Worker processes of a DDP run only learn the
         working directory."""
         out = Path(out)
-        if not is_global_zero():
+        if not _is_global_zero():
             return cls(out, Path(os.environ.get(WORKDIR_ENV, out)), None)
         cls.check(out, overwrite, resume, keep)
         created = not out.exists()
@@ -165,7 +169,7 @@ class RunDirectory:
         fd = _lock(out)
         try:
             _finish_commit(out)
-            cls.check(out, overwrite, resume, keep)
+            cls.check(out, overwrite, resume, keep, holding_lock=True)
         except BaseException:
             _unlock(fd)
             if created:
@@ -196,7 +200,7 @@ class RunDirectory:
     def register(self, *rels: str) -> None:
         """Record paths (relative to the run directory) before they are written."""
         new = set(rels) - self._manifest
-        if not new or not is_global_zero():
+        if not new or not _is_global_zero():
             return
         from ..io import atomic_write_text
 
@@ -216,7 +220,7 @@ class RunDirectory:
         """A completed ``--overwrite`` run replaces the old one (no-op for a run written in place):
         the old run's files move to ``.old`` (marked complete by ``.old/.moved``), the new ones up
         from ``.next``, then ``.old`` is deleted. Files that appeared during the run stop it."""
-        if self.work == self.out or not is_global_zero():
+        if self.work == self.out or not _is_global_zero():
             return
         foreign = foreign_files(self.out)
         if foreign:
@@ -289,13 +293,36 @@ def _lock(out: Path) -> int | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+        error = _busy(fd, out)
         os.close(fd)
-        raise OutputExistsError(f"another ssl-transfer run (pid {holder}) is writing to '{out}'; wait for it to "
-                                "finish or choose another --out") from None
+        raise error from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
     return fd
+
+
+def _busy(fd: int, out: Path) -> OutputExistsError:
+    """The error for a lock file ``fd`` that another live process holds (it wrote its pid there)."""
+    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+    return OutputExistsError(f"another ssl-transfer run (pid {holder}) is writing to '{out}'; wait for it to "
+                             "finish or choose another --out")
+
+
+def _check_unlocked(out: Path) -> None:
+    """Fail at once, writing nothing, when a live run holds ``out``'s lock (:func:`_lock` takes it
+    for real when the run starts; this only spares a second run the seconds of loading first)."""
+    try:
+        import fcntl
+
+        fd = os.open(out / LOCK, os.O_RDONLY)
+    except (ImportError, OSError):  # not POSIX, or no lock file: nobody holds it
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        raise _busy(fd, out) from None
+    finally:
+        os.close(fd)  # closing releases the probe's shared lock
 
 
 def _unlock(fd: int | None) -> None:
@@ -305,3 +332,21 @@ def _unlock(fd: int | None) -> None:
 
     fcntl.flock(fd, fcntl.LOCK_UN)
     os.close(fd)
+
+
+def _is_global_zero() -> bool:
+    """:func:`ssl_transfer.distributed.is_global_zero`, without importing lightning before the run
+    needs it: the checks made before a run starts (``RunDirectory.check``) must not wait seconds
+    for it. Until lightning is imported no Trainer can have set a rank, so the rank is the process
+    group's if one exists, else the one a launcher put in the environment, read as Lightning
+    reads it (``rank_zero_only.rank``)."""
+    if "lightning" in sys.modules:
+        from ..distributed import is_global_zero
+
+        return is_global_zero()
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    rank = next((os.environ[k] for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+                 if k in os.environ), "0")
+    return int(rank) == 0

@@ -19,11 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..config import RunConfig, flatten
 from ..errors import ConfigError, OutputExistsError
-from ..io import atomic_write_text
 
 STATE_FILE = "run.json"
 
@@ -87,6 +84,8 @@ class RunState:
         return self.data["finished"]
 
     def write(self) -> None:
+        from ..io import atomic_write_text  # torch: imported by the run, not by the checks before it
+
         self.data["elapsed_s"] = self.elapsed()
         atomic_write_text(self.run_dir.path(STATE_FILE), json.dumps(self.data, indent=2))
 
@@ -104,6 +103,8 @@ class RunState:
         self.data["status"] = "failed"
         self.data["error"] = {"stage": stage, "message": str(error)}
         self.write()
+        from ..io import atomic_write_text
+
         rd = self.run_dir
         atomic_write_text(rd.path("results.json"), json.dumps({
             "status": "failed", "error": {"stage": stage, "type": type(error).__name__, "message": str(error)},
@@ -129,6 +130,7 @@ def versions() -> dict[str, str]:
     import lightly
     import lightning
     import sklearn
+    import torch
     import torchvision
 
     from .. import __version__
@@ -142,6 +144,8 @@ def versions() -> dict[str, str]:
 
 def run_metadata(cfg: RunConfig, bundle, models: dict[str, dict]) -> dict[str, Any]:
     """The blocks every results.json holds besides the evaluations: config, data, models, versions."""
+    import torch
+
     return {
         "config": cfg.to_dict(),
         "data": {"name": cfg.data.name, "location": bundle.raw.location, "found_via": bundle.found_via,
