@@ -157,3 +157,19 @@ def test_digits_needs_no_install():
     assert raw.train_images.shape[1:] == (8, 8) and raw.train_images.dtype == np.uint8
     assert len(raw.train_images) + len(raw.test_images) == 1797
     assert raw.train_images.max() == 255
+
+
+@pytest.mark.parametrize("shape", [(37, 5, 6), (37, 5, 6, 3)])
+def test_channel_stats_from_histograms_equal_numpy_over_every_pixel(shape):
+    """Per-channel mean and std from the 256-bin histograms equal float64 numpy over all pixels,
+    across chunk boundaries (chunk 8 of 37 images), for grey and RGB; other dtypes are refused."""
+    from ssl_transfer.data import channel_stats
+
+    images = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    x = images.astype(np.float64) / 255.0
+    axes = tuple(range(x.ndim)) if x.ndim == 3 else tuple(range(x.ndim - 1))
+    mean, std = channel_stats(images, chunk=8)
+    assert mean == pytest.approx(list(np.atleast_1d(x.mean(axis=axes))), rel=1e-12)
+    assert std == pytest.approx(list(np.atleast_1d(x.std(axis=axes))), rel=1e-12)
+    with pytest.raises(ValueError, match="uint8"):
+        channel_stats(x)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .base import FileDataset, RawDataset, Source, data_roots  # noqa: F401  (re-exported)
+from .base import FileDataset, RawDataset, Source, channel_stats, data_roots  # noqa: F401  (re-exported)
 from .cifar import load_cifar
 from .folders import load_image_folder
 from .idx import read_idx
@@ -55,14 +55,6 @@ def _find_file(folder: Path, stem: str) -> Path | None:
 def fashion_mnist_candidates(root: str | None) -> list[tuple[str, Path]]:
     """Folders searched for Fashion-MNIST, in order, each with where it came from."""
     return [*data_roots(root), ("Debian package dataset-fashion-mnist", DEBIAN_FASHION_MNIST)]
-
-
-def _stats(images: np.ndarray) -> tuple[list[float], list[float]]:
-    x = images.astype(np.float64) / 255.0
-    axes = tuple(range(x.ndim)) if x.ndim == 3 else tuple(range(x.ndim - 1))
-    mean = np.atleast_1d(x.mean(axis=axes))
-    std = np.atleast_1d(x.std(axis=axes))
-    return [float(m) for m in mean], [float(s) for s in std]
 
 
 def load_fashion_mnist(root: str | None = None, download: bool = False) -> RawDataset:
@@ -99,7 +91,7 @@ def load_fashion_mnist(root: str | None = None, download: bool = False) -> RawDa
                     f"Fashion-MNIST {split} files in '{folder}' do not match: images "
                     f"{imgs.shape}, labels {labels.shape}; re-download them"
                 )
-        mean, std = _stats(arrays["train_images"])
+        mean, std = channel_stats(arrays["train_images"])
         return RawDataset(
             name="fashion_mnist",
             train_images=arrays["train_images"],
@@ -130,7 +122,7 @@ def load_digits_dataset(root: str | None = None, download: bool = False) -> RawD
     perm = np.random.default_rng(0).permutation(len(images))
     n_test = len(images) // 5
     test_idx, train_idx = perm[:n_test], perm[n_test:]
-    mean, std = _stats(images[train_idx])
+    mean, std = channel_stats(images[train_idx])
     return RawDataset(
         name="digits",
         train_images=images[train_idx],
