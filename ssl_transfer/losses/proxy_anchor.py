@@ -39,16 +39,31 @@ Example::
 
 from __future__ import annotations
 
+import functools
+
 import torch
-from pytorch_metric_learning.losses import ProxyAnchorLoss as _PMLProxyAnchorLoss
 from torch import nn
 
 
-class _PML(_PMLProxyAnchorLoss):
-    """pml's loss, without its in-place cast of the proxies to the embeddings' dtype/device."""
+@functools.cache
+def _pml_class() -> type:
+    """pml's loss, without its in-place cast of the proxies to the embeddings' dtype/device
+    (pytorch-metric-learning imports scipy.stats: 0.7 s that every config check would pay, since
+    the loss registry is read when a config is validated; so it is imported when a loss is built)."""
+    from pytorch_metric_learning.losses import ProxyAnchorLoss as _PMLProxyAnchorLoss
 
-    def cast_types(self, dtype, device) -> None:
-        pass
+    class _PML(_PMLProxyAnchorLoss):
+        def cast_types(self, dtype, device) -> None:
+            pass
+
+    _PML.__qualname__ = "_PML"  # pickled by this name, found through the module's __getattr__
+    return _PML
+
+
+def __getattr__(name: str):
+    if name == "_PML":
+        return _pml_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ProxyAnchorLoss(nn.Module):
@@ -68,7 +83,7 @@ class ProxyAnchorLoss(nn.Module):
         self.margin, self.alpha = float(margin), float(alpha)
         self.proxies = nn.Parameter(torch.empty(self.num_classes, self.embed_dim))
         nn.init.kaiming_normal_(self.proxies, mode="fan_out")
-        pml = _PML(self.num_classes, self.embed_dim, margin=self.margin, alpha=self.alpha)
+        pml = _pml_class()(self.num_classes, self.embed_dim, margin=self.margin, alpha=self.alpha)
         del pml.proxies  # pml's own proxies are replaced by ours at every call
         # kept in a tuple: not a submodule, so parameters() and state_dict() hold only our proxies
         self._pml = (pml,)
