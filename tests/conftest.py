@@ -39,6 +39,31 @@ def finish_logged(proc, timeout: float):
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
+def reference_beside_killed(ref_cmd: list[str], ref_out: Path, kill_cmd: list[str], kill_out: Path, stage: str,
+                            step: int, timeout: float = 900) -> None:
+    """Start an uninterrupted reference run and a run to kill side by side (on 2 cores, with one
+    torch thread each, this takes about the time of the longer one alone); SIGKILL the second once
+    its ``stage`` has saved the checkpoint of ``step``; wait for the reference to succeed."""
+    import signal
+    import subprocess
+    import time
+
+    ref = start_logged(ref_cmd, ref_out)
+    proc = subprocess.Popen(kill_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        ckpt = kill_out / "checkpoints" / stage / "last.ckpt"
+        deadline = time.time() + timeout
+        while checkpoint_step(ckpt) < step:
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.time() < deadline
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+        finish_logged(ref, timeout=timeout)
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT

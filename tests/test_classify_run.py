@@ -3,15 +3,11 @@ equal numbers, the supervised teacher, external teacher weights (with their ``fc
 
 import csv
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
-from conftest import checkpoint_step, finish_logged, start_logged
+from conftest import reference_beside_killed
 
 from ssl_transfer.cli import main
 
@@ -40,20 +36,7 @@ def runs(repo_root, tmp_path_factory):
     stage saved the checkpoint of step 3 (4 steps per epoch: mid-epoch)."""
     base = tmp_path_factory.mktemp("cls")
     ref_out, out = base / "ref", base / "killed"
-    ref = start_logged(cmd(repo_root, ref_out), base / "ref_log")
-    proc = subprocess.Popen(cmd(repo_root, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        ckpt = out / "checkpoints" / "transfer" / "last.ckpt"
-        deadline = time.time() + 600
-        while checkpoint_step(ckpt) < 3:
-            assert proc.poll() is None, "the run ended before it could be killed"
-            assert time.time() < deadline
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-        finish_logged(ref, timeout=900)
+    reference_beside_killed(cmd(repo_root, ref_out), ref_out, cmd(repo_root, out), out, "transfer", step=3)
     return ref_out, out
 
 

@@ -2,15 +2,11 @@
 
 import csv
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
-from conftest import checkpoint_step, finish_logged, snapshot, start_logged
+from conftest import reference_beside_killed, snapshot
 
 from ssl_transfer.cli import main
 
@@ -38,21 +34,8 @@ def start_reference_and_kill(repo_root, tmp_path, stage: str, *extra, command="r
     ref_out, out = tmp_path / "ref" / "run", tmp_path / "kill" / "run"
     for d in (ref_out, out):
         d.parent.mkdir(parents=True)
-    ref = start_logged(cmd(repo_root, ref_out, *extra, command=command), ref_out)
-    proc = subprocess.Popen(cmd(repo_root, out, *extra, command=command), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        ckpt = out / "checkpoints" / stage / "last.ckpt"
-        deadline = time.time() + 300
-        while checkpoint_step(ckpt) < 9:
-            assert proc.poll() is None, "the run ended before it could be killed"
-            assert time.time() < deadline
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-        finish_logged(ref, timeout=600)
+    reference_beside_killed(cmd(repo_root, ref_out, *extra, command=command), ref_out,
+                            cmd(repo_root, out, *extra, command=command), out, stage, step=9)
     return ref_out, out
 
 
