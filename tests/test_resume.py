@@ -49,7 +49,9 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_results(repo_root, tmp_pa
     assert "transfer" not in state["finished"]
 
     before_kill = state["elapsed_s"]  # wall time up to the last finished stage (the source)
-    ckpt_elapsed = torch.load(ckpt, map_location="cpu", weights_only=False)["elapsed_s"]
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    ckpt_elapsed = saved["elapsed_s"]
+    assert not any(k.startswith("teacher.") for k in saved["state_dict"])  # teacher.pt holds the teacher
     code = main(["run", str(repo_root / "configs" / "smoke.yaml"), "--out", str(out), "--resume",
                  "--set", *SETTINGS])
     assert code == 0
@@ -190,3 +192,33 @@ def test_a_checkpoint_carries_its_steps_log_row_written_after_it(tmp_path):
     _merge_logs(log, old, pending)
     steps = [int(r["step"]) for r in csv.DictReader(log.open())]
     assert steps == [0, 1, 2, 3, 4]  # ... and gets it back from the checkpoint
+
+
+def test_the_frozen_teacher_is_not_saved_in_checkpoints_and_comes_back_on_load():
+    """last.ckpt holds the student, not the frozen teacher (teacher.pt holds it); on load the
+    teacher rebuilt for the run is put back, and an older checkpoint holding it loads as it is."""
+    from torch import nn
+
+    from ssl_transfer.config import config_from_dict
+    from ssl_transfer.stages.base import StageModule
+    from ssl_transfer.stages.transfer import FrozenTeacher
+
+    class Module(StageModule):
+        def __init__(self):
+            super().__init__(config_from_dict({}).transfer.optimizer, 8, 1.0)
+            self.student, self.teacher = nn.Linear(3, 2), FrozenTeacher(nn.Linear(3, 4), 4)
+            self.register_buffer("memory_teacher", torch.zeros(2, 4))
+
+    torch.manual_seed(0)
+    saved, other = Module(), Module()
+    checkpoint = {"state_dict": saved.state_dict()}
+    saved.on_save_checkpoint(checkpoint)
+    assert set(checkpoint["state_dict"]) == {"student.weight", "student.bias", "memory_teacher"}
+    own_teacher = other.teacher.backbone.weight.clone()
+    other.on_load_checkpoint(checkpoint)
+    other.load_state_dict(checkpoint["state_dict"])  # strict: every key is there again
+    assert torch.equal(other.student.weight, saved.student.weight)
+    assert torch.equal(other.teacher.backbone.weight, own_teacher)
+    old = {"state_dict": saved.state_dict()}  # written before the teacher was left out
+    other.on_load_checkpoint(old)
+    assert torch.equal(old["state_dict"]["teacher.backbone.weight"], saved.teacher.backbone.weight)

@@ -125,6 +125,31 @@ class StageModule(L.LightningModule):
             sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    # -- checkpoints: frozen submodules are not saved again -----------------------------------
+
+    def _unsaved_prefixes(self) -> tuple[str, ...]:
+        """State-dict prefixes of submodules marked ``saved_in_checkpoints = False``: the frozen
+        teacher, which is teacher.pt (or the --teacher file) and is rebuilt before a resume."""
+        return tuple(f"{name}." for name, m in self.named_modules()
+                     if name and getattr(m, "saved_in_checkpoints", True) is False)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """last.ckpt without the frozen teacher's weights (a quarter of a ResNet-18 transfer
+        checkpoint: 182 -> 136 MB; the student, its optimizer state and the memory stay)."""
+        prefixes = self._unsaved_prefixes()
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if prefixes and k.startswith(prefixes)]:
+            del state[key]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Put back the frozen teacher's weights, as rebuilt for this run (older checkpoints, which
+        hold them, load as they are)."""
+        prefixes = self._unsaved_prefixes()
+        state = checkpoint["state_dict"]
+        for key, value in self.state_dict().items():
+            if prefixes and key.startswith(prefixes) and key not in state:
+                state[key] = value
+
     def check_finite(self, value: torch.Tensor, what: str) -> None:
         """Raise NonFiniteError if ``value`` holds NaN or Inf, in every DDP process at once (a
         process's local embeddings can be non-finite alone; the others must not wait forever)."""

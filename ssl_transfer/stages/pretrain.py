@@ -232,10 +232,12 @@ class MoCoV2Module(SSLModule):
     # -- checkpoints ----------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["moco_queue"] = {"bank": self.queue.detach().cpu().clone(),
                                     "bank_ptr": self.queue_ptr.detach().cpu().clone()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         if "moco_queue" in checkpoint:
             self._set_queue(checkpoint["moco_queue"]["bank"], checkpoint["moco_queue"]["bank_ptr"])
 

@@ -31,8 +31,11 @@ class FrozenTeacher(nn.Module):
 
     Returns the features of (a copy of) ``backbone``, ``feat_dim`` wide, passed through (a copy
     of) ``projection_head`` as well when one is given (``transfer.teacher_output: projection``),
-    then ``proj_dim`` wide. The attribute ``out_dim`` is the output width.
+    then ``proj_dim`` wide. The attribute ``out_dim`` is the output width. Its weights are not
+    written into the stage's last.ckpt (:meth:`StageModule.on_save_checkpoint`).
     """
+
+    saved_in_checkpoints = False
 
     def __init__(self, backbone: nn.Module, feat_dim: int, projection_head: nn.Module | None = None,
                  proj_dim: int | None = None):
