@@ -44,7 +44,6 @@ def reference_beside_killed(ref_cmd: list[str], ref_out: Path, kill_cmd: list[st
     """Start an uninterrupted reference run and a run to kill side by side (on 2 cores, with one
     torch thread each, this takes about the time of the longer one alone); SIGKILL the second once
     its ``stage`` has saved the checkpoint of ``step``; wait for the reference to succeed."""
-    import signal
     import subprocess
     import time
 
@@ -57,9 +56,8 @@ def reference_beside_killed(ref_cmd: list[str], ref_out: Path, kill_cmd: list[st
             assert proc.poll() is None, "the run ended before it could be killed"
             assert time.time() < deadline
             time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
     finally:
-        proc.kill()
+        proc.kill()  # SIGKILL (also when the wait above failed)
         proc.wait()
         finish_logged(ref, timeout=timeout)
 

@@ -39,31 +39,13 @@ Example::
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import nn
 
 
-@functools.cache
-def _pml_class() -> type:
-    """pml's loss, without its in-place cast of the proxies to the embeddings' dtype/device
-    (pytorch-metric-learning imports scipy.stats: 0.7 s that every config check would pay, since
-    the loss registry is read when a config is validated; so it is imported when a loss is built)."""
-    from pytorch_metric_learning.losses import ProxyAnchorLoss as _PMLProxyAnchorLoss
-
-    class _PML(_PMLProxyAnchorLoss):
-        def cast_types(self, dtype, device) -> None:
-            pass
-
-    _PML.__qualname__ = "_PML"  # pickled by this name, found through the module's __getattr__
-    return _PML
-
-
-def __getattr__(name: str):
-    if name == "_PML":
-        return _pml_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def _keep_types(dtype, device) -> None:
+    """Stands in for pml's ``cast_types``, which casts the proxies in place to the embeddings'
+    dtype and device (a module-level function, so the loss still copies and pickles)."""
 
 
 class ProxyAnchorLoss(nn.Module):
@@ -83,7 +65,12 @@ class ProxyAnchorLoss(nn.Module):
         self.margin, self.alpha = float(margin), float(alpha)
         self.proxies = nn.Parameter(torch.empty(self.num_classes, self.embed_dim))
         nn.init.kaiming_normal_(self.proxies, mode="fan_out")
-        pml = _pml_class()(self.num_classes, self.embed_dim, margin=self.margin, alpha=self.alpha)
+        # imported here: pytorch-metric-learning imports scipy.stats (0.7 s), which every config check
+        # would pay, since the loss registry is read when a config is validated
+        from pytorch_metric_learning.losses import ProxyAnchorLoss as _PMLProxyAnchorLoss
+
+        pml = _PMLProxyAnchorLoss(self.num_classes, self.embed_dim, margin=self.margin, alpha=self.alpha)
+        pml.cast_types = _keep_types  # an instance attribute: shadows the method
         del pml.proxies  # pml's own proxies are replaced by ours at every call
         # kept in a tuple: not a submodule, so parameters() and state_dict() hold only our proxies
         self._pml = (pml,)
